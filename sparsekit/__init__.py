@@ -1,0 +1,33 @@
+"""sparsekit: post-training pruning of LLMs (magnitude, Wanda, SparseGPT, DSnoT, BESA, OWL) with fused kernels.
+
+    import sparsekit
+    model, tok = sparsekit.load_model("smollm2-135m")
+    calib = sparsekit.calibration_ids(tok, nsamples=32, seqlen=512)
+    report = sparsekit.prune(model, calib, sparsekit.PruneConfig(method="wanda", sparsity=0.5))
+    print(sparsekit.perplexity(model, tok, sparsekit.evaluation_text(), seqlen=512))
+
+The functional ops (masks, scores, SparseGPT, DSnoT, 2:4 kernels) live in `sparsekit.ops`.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PruneConfig": "sparsekit.pipeline.config",
+    "prune": "sparsekit.pipeline.prune",
+    "load_model": "sparsekit.hf.loading",
+    "save_pruned": "sparsekit.hf.saving",
+    "calibration_ids": "sparsekit.data.text",
+    "evaluation_text": "sparsekit.data.text",
+    "perplexity": "sparsekit.eval.perplexity",
+}
+
+__all__ = sorted(_LAZY) + ["ops"]
+
+
+def __getattr__(name):
+    if name == "ops":
+        return importlib.import_module("sparsekit.ops")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from sparsekit.cli import main
+
+sys.exit(main())

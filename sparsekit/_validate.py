@@ -1,0 +1,92 @@
+"""Input checks shared by every op: each error says what is wrong and how to fix it."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_tensor(t, name: str, *, ndim: int | None = None, float_dtype: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if float_dtype and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float32/float16/bfloat16), got {t.dtype}; cast it with .float()")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(devices.values())) > 1:
+        desc = ", ".join(f"{k} on {v}" for k, v in devices.items())
+        raise ValueError(f"tensors must be on one device, got {desc}; move them with .to(device)")
+
+
+def check_vector(t, name: str, length: int) -> None:
+    check_tensor(t, name, ndim=1)
+    if t.numel() != length:
+        raise ValueError(f"{name} must have {length} entries (one per input feature), got {t.numel()}")
+
+
+def check_mask(keep, name: str, shape: tuple[int, ...]) -> None:
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+        got = keep.dtype if isinstance(keep, torch.Tensor) else type(keep).__name__
+        raise TypeError(f"{name} must be a bool tensor (True = kept), got {got}")
+    if tuple(keep.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(keep.shape)}")
+
+
+def check_sparsity(sparsity) -> float:
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1) (fraction of weights pruned), got {value}")
+    return value
+
+
+def check_nm(n: int, m: int, in_features: int | None = None) -> None:
+    if m <= 0 or n <= 0:
+        raise ValueError(f"N:M needs n >= 1 and m >= 1, got {n}:{m}")
+    if n >= m:
+        raise ValueError(f"N:M needs n < m (n weights pruned out of every m), got {n}:{m}")
+    if in_features is not None and in_features % m:
+        raise ValueError(
+            f"N:M with m={m} needs in_features divisible by {m}, got {in_features}; "
+            f"use a pattern whose m divides {in_features} or prune this layer unstructured"
+        )
+
+
+def resolve_pattern(sparsity, n: int, m: int, in_features: int) -> tuple[float | None, int, int]:
+    """Validate an (unstructured sparsity) xor (n:m) request; returns the normalised triple."""
+    if n or m:
+        check_nm(n, m, in_features)
+        if sparsity is not None and abs(float(sparsity) - n / m) > 1e-9:
+            raise ValueError(f"sparsity={sparsity} contradicts the {n}:{m} pattern (which prunes {n / m:.4g}); pass one of them")
+        return None, n, m
+    if sparsity is None:
+        raise ValueError("pass either sparsity= (unstructured) or n= and m= (N:M)")
+    return check_sparsity(sparsity), 0, 0
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """'unstructured' (or '0:0') -> (0, 0); 'N:M' -> (n, m)."""
+    text = str(pattern).strip().lower()
+    if text in ("unstructured", "0:0"):
+        return 0, 0
+    parts = text.split(":")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        n, m = int(parts[0]), int(parts[1])
+        check_nm(n, m)
+        return n, m
+    raise ValueError(f"unknown sparsity pattern {pattern!r}: use 'unstructured' or 'N:M' such as '2:4' or '4:8'")
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(
+            f"{bad} NaN/Inf values in calibration activations entering {where}; the model overflows in its "
+            f"dtype ({x.dtype}) or its weights are broken: load it in float32 or bfloat16 (--dtype) and check the checkpoint"
+        )

@@ -1,0 +1,234 @@
+"""Command line: `sparsekit prune|eval ...` (also `python -m sparsekit`).
+
+The spellings of the wanda / DSnoT research scripts are accepted too (--prune_method,
+--sparsity_ratio, --sparsity_type, --save_model, …) so papers' commands translate directly.
+Each pruning method's options come from its dataclass fields: `--<method>-<option>`, plus any
+aliases listed in the field's metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+SUBCOMMANDS = {}
+
+
+def subcommand(name):
+    def register(fn):
+        SUBCOMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from sparsekit.hf.loading import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"alias ({DEFAULT_MODEL}), HF checkpoint dir or .gguf file")
+    p.add_argument("--dtype", default="auto", help="auto (checkpoint's), float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-text", default="wikipedia", help="'wikipedia' (held-out passages), a .txt/.jsonl file, or hf:<name>:<split>")
+    p.add_argument("--eval-seqlen", type=int, default=None, help="window length for perplexity (default: --seqlen)")
+    p.add_argument("--eval-windows", type=int, default=None, help="evaluate at most this many windows (default: all)")
+    p.add_argument("--eval-batch-size", type=int, default=4)
+
+
+def _option_flags(method: str, field: dataclasses.Field) -> list[str]:
+    flags = [f"--{method}-{field.name.replace('_', '-')}"]
+    return flags + list(field.metadata.get("aliases", ()))
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    from sparsekit.pruners import PRUNERS
+
+    for method, cls in sorted(PRUNERS.items()):
+        group = p.add_argument_group(f"{method} options")
+        for field in dataclasses.fields(cls):
+            kwargs = dict(dest=f"opt__{method}__{field.name}", default=None, metavar=field.name.upper(), help=field.metadata.get("help", f"default {field.default!r}"))
+            if isinstance(field.default, bool):
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif "parse" in field.metadata:
+                kwargs["type"] = field.metadata["parse"]
+            elif field.default is not None and field.default is not dataclasses.MISSING:
+                kwargs["type"] = type(field.default)
+            group.add_argument(*_option_flags(method, field), **kwargs)
+
+
+def _method_options(args, method: str) -> dict:
+    prefix = f"opt__{method}__"
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
+def _parse_sparsity(text: str):
+    """A float, or a JSON mapping {layer or 're:regex': float}."""
+    text = text.strip()
+    if text.startswith("{"):
+        return json.loads(text)
+    return float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sparsekit.pruners import PRUNERS
+
+    parser = argparse.ArgumentParser(prog="sparsekit", description="Post-training pruning of LLMs with fused kernels")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model block by block, optionally evaluate and save it")
+    _add_model_args(p)
+    p.add_argument("--method", "--prune_method", default="wanda", type=str.lower, choices=sorted(PRUNERS))
+    p.add_argument("--sparsity", "--sparsity_ratio", type=_parse_sparsity, default=None,
+                   help="fraction pruned (default 0.5; n/m for N:M) or a JSON {layer|re:regex: fraction}")
+    p.add_argument("--pattern", "--sparsity_type", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration sequence (default min(2048, model max))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib", default="wikipedia", help="'wikipedia', a .txt/.jsonl file, or hf:<name>:<split>")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward")
+    p.add_argument("--targets", nargs="+", default=None, help="class names or re:<regex> (default Linear Conv1D)")
+    p.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
+    p.add_argument("--blocks", default=None, help="dotted path of the block ModuleList if not found automatically")
+    p.add_argument("--backend", default=None, choices=["torch", "triton", "cuda"])
+    p.add_argument("--eval", action="store_true", help="report perplexity before and after pruning")
+    p.add_argument("--skip-dense-eval", action="store_true", help="with --eval, evaluate the pruned model only")
+    _add_eval_args(p)
+    p.add_argument("--save", "--save_model", default=None, help="write the pruned HF checkpoint here (atomic)")
+    p.add_argument("--json", default=None, help="write the JSON summary here too")
+    _add_method_options(p)
+
+    e = sub.add_parser("eval", help="perplexity of a (pruned) checkpoint")
+    _add_model_args(e)
+    e.add_argument("--seqlen", type=int, default=2048)
+    _add_eval_args(e)
+    e.add_argument("--json", default=None)
+    return parser
+
+
+def _default_seqlen(model) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    return min(2048, int(limit))
+
+
+def _evaluate(model, tokenizer, args, seqlen) -> float:
+    from sparsekit.data.text import evaluation_text
+    from sparsekit.eval.perplexity import perplexity
+
+    return perplexity(model, tokenizer, evaluation_text(args.eval_text), seqlen=seqlen,
+                      batch_size=args.eval_batch_size, max_windows=args.eval_windows)
+
+
+def _write_json(summary: dict, path) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(path)
+
+
+@subcommand("prune")
+def cmd_prune(args) -> dict:
+    from sparsekit.data.text import calibration_ids
+    from sparsekit.hf.loading import load_model
+    from sparsekit.hf.saving import save_pruned
+    from sparsekit.pipeline.config import PruneConfig
+    from sparsekit.pipeline.prune import prune
+
+    device = args.device or _default_device()
+    config = PruneConfig(  # validate before the (slow) model load
+        method=args.method,
+        sparsity=args.sparsity if args.sparsity is not None else (None if args.pattern not in ("unstructured", "0:0") else 0.5),
+        pattern=args.pattern,
+        method_options=_method_options(args, args.method),
+        batch_size=args.batch_size,
+        device=device,
+        blocks=args.blocks,
+        backend=args.backend,
+        **({"targets": args.targets} if args.targets else {}),
+        **({"ignore": args.ignore} if args.ignore else {}),
+    )
+    seconds = {}
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
+    seconds["load"] = time.perf_counter() - start
+    seqlen = args.seqlen or _default_seqlen(model)
+    eval_seqlen = args.eval_seqlen or seqlen
+    calib = calibration_ids(tokenizer, args.nsamples, seqlen, seed=args.seed, source=args.calib)
+    summary = {"model": args.model, "method": args.method, "pattern": args.pattern, "dtype": str(model.dtype),
+               "device": device, "calibration": {"source": args.calib, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed},
+               "method_options": config.method_options}
+    if args.eval and not args.skip_dense_eval:
+        t = time.perf_counter()
+        summary["dense_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen)
+        seconds["eval_dense"] = time.perf_counter() - t
+    report = prune(model, calib, config)
+    seconds.update(report.seconds)
+    if args.eval:
+        t = time.perf_counter()
+        summary["pruned_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen)
+        seconds["eval_pruned"] = time.perf_counter() - t
+        summary["eval"] = {"text": args.eval_text, "seqlen": eval_seqlen, "windows": args.eval_windows or "all"}
+    summary.update(sparsity_target=config.sparsity if config.sparsity is not None else config.n / config.m, sparsity_reached=report.sparsity,
+                   peak_memory_bytes=report.peak_memory_bytes, layers=[dataclasses.asdict(r) for r in report.layers])
+    if args.save:
+        t = time.perf_counter()
+        save_pruned(model, tokenizer, args.save, report, extra={"calibration": summary["calibration"], "method_options": config.method_options})
+        seconds["save"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - start
+    summary["seconds"] = seconds
+    print(report.table())
+    print()
+    print(_summary_table(summary))
+    _write_json(summary, args.json)
+    print(json.dumps({k: v for k, v in summary.items() if k != "layers"}, indent=2))
+    return summary
+
+
+def _summary_table(summary: dict) -> str:
+    rows = [("model", summary["model"]), ("method", f"{summary['method']} ({summary['pattern']})"),
+            ("sparsity reached", f"{summary['sparsity_reached']:.4f}")]
+    if "dense_ppl" in summary:
+        rows.append(("dense ppl", f"{summary['dense_ppl']:.3f}"))
+    if "pruned_ppl" in summary:
+        rows.append(("pruned ppl", f"{summary['pruned_ppl']:.3f}"))
+    rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in summary["seconds"].items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@subcommand("eval")
+def cmd_eval(args) -> dict:
+    from sparsekit.hf.loading import load_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or _default_device(),
+                                  trust_remote_code=args.trust_remote_code)
+    summary = {"model": args.model, "seqlen": args.eval_seqlen or args.seqlen,
+               "ppl": _evaluate(model, tokenizer, args, args.eval_seqlen or args.seqlen)}
+    print(json.dumps(summary, indent=2))
+    _write_json(summary, args.json)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        SUBCOMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as exc:
+        print(f"sparsekit: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

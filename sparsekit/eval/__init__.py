@@ -1,0 +1,4 @@
+"""Accuracy evaluation: perplexity (and zero-shot tasks)."""
+from sparsekit.eval.perplexity import perplexity
+
+__all__ = ["perplexity"]

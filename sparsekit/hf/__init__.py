@@ -1,0 +1,1 @@
+"""The thin Hugging Face layer: find blocks and prunable layers, load and save models."""

@@ -1,0 +1,1 @@
+"""Block-by-block pruning of a decoder-only model."""

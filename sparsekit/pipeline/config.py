@@ -1,0 +1,69 @@
+"""PruneConfig: everything a pruning run needs besides the model and the calibration tokens."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from sparsekit._validate import check_sparsity, parse_pattern
+from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
+
+
+@dataclass
+class PruneConfig:
+    """
+    method:      "magnitude" | "wanda" | "sparsegpt" | … (see sparsekit.pruners.PRUNERS)
+    sparsity:    fraction pruned, or {layer name or "re:<regex>": fraction}; None with N:M = n/m
+    pattern:     "unstructured" or "N:M" ("2:4", "4:8", …)
+    targets / ignore: class names or "re:<regex>" over module names (llm-compressor style)
+    method_options: the method's own options (e.g. {"blocksize": 128} for sparsegpt)
+    batch_size:  calibration sequences per block forward
+    device:      where blocks run (None: where the model is); blocks move there one at a time
+    blocks:      dotted path of the block ModuleList when it cannot be found automatically
+    """
+
+    method: str = "wanda"
+    sparsity: float | Mapping[str, float] | None = 0.5
+    pattern: str = "unstructured"
+    targets: Sequence[str] = DEFAULT_TARGETS
+    ignore: Sequence[str] = DEFAULT_IGNORE
+    method_options: dict = field(default_factory=dict)
+    batch_size: int = 8
+    device: str | None = None
+    blocks: str | None = None
+    backend: str | None = None
+
+    def __post_init__(self):
+        self.n, self.m = parse_pattern(self.pattern)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.sparsity, Mapping):
+            for key, value in self.sparsity.items():
+                check_sparsity(value)
+                if key.startswith("re:"):
+                    re.compile(key[3:])
+        elif self.sparsity is None:
+            if not self.m:
+                raise ValueError("sparsity is required for unstructured pruning")
+        else:
+            self.sparsity = check_sparsity(self.sparsity)
+        if self.m and self.sparsity is not None:
+            values = self.sparsity.values() if isinstance(self.sparsity, Mapping) else [self.sparsity]
+            for value in values:
+                if abs(value - self.n / self.m) > 1e-9:
+                    raise ValueError(
+                        f"sparsity {value} contradicts the {self.pattern} pattern, which prunes exactly "
+                        f"{self.n / self.m:.4g}; drop --sparsity or set it to {self.n / self.m:.4g}"
+                    )
+
+    def layer_sparsity(self, name: str) -> float:
+        if self.sparsity is None:
+            return self.n / self.m
+        if not isinstance(self.sparsity, Mapping):
+            return self.sparsity
+        if name in self.sparsity:
+            return self.sparsity[name]
+        for key, value in self.sparsity.items():
+            if key.startswith("re:") and re.fullmatch(key[3:], name):
+                return value
+        raise ValueError(f"no sparsity given for layer {name!r}; add its name or a 're:<regex>' entry (e.g. 're:.*') to the mapping")

@@ -1,0 +1,75 @@
+"""What a pruning run reports: per-layer results and seconds per phase."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    target: float
+    reached: float
+    seconds: float
+
+
+@dataclass
+class PruneReport:
+    method: str
+    pattern: str
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    peak_memory_bytes: int | None = None
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of pruned weights over all pruned layers."""
+        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        pruned = sum(r.reached * r.shape[0] * r.shape[1] for r in self.layers)
+        return pruned / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "pattern": self.pattern,
+            "sparsity": self.sparsity,
+            "seconds": dict(self.seconds),
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "layers": [asdict(r) for r in self.layers],
+        }
+
+    def table(self) -> str:
+        width = max([len(r.name) for r in self.layers] + [5])
+        lines = [f"{'layer':<{width}}  {'shape':>12}  {'target':>6}  {'reached':>7}  {'sec':>6}"]
+        for r in self.layers:
+            shape = f"{r.shape[0]}x{r.shape[1]}"
+            lines.append(f"{r.name:<{width}}  {shape:>12}  {r.target:>6.3f}  {r.reached:>7.4f}  {r.seconds:>6.2f}")
+        lines.append(f"{'total':<{width}}  {'':>12}  {'':>6}  {self.sparsity:>7.4f}")
+        return "\n".join(lines)
+
+
+class PhaseTimer:
+    """Accumulates wall seconds per named phase (synchronising CUDA so GPU work is counted)."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+
+    @contextmanager
+    def __call__(self, phase: str):
+        _sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            self.seconds[phase] += time.perf_counter() - start
+
+
+def _sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

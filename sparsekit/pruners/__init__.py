@@ -1,0 +1,30 @@
+"""Pruning methods by name. Each is a dataclass whose fields are the method's options."""
+from __future__ import annotations
+
+import dataclasses
+
+from sparsekit.pruners.base import BlockContext, LayerResult, LayerStats, LayerTarget, Pruner
+from sparsekit.pruners.magnitude import MagnitudePruner
+from sparsekit.pruners.sparsegpt import SparseGPTPruner
+from sparsekit.pruners.wanda import WandaPruner
+
+PRUNERS: dict[str, type[Pruner]] = {
+    "magnitude": MagnitudePruner,
+    "wanda": WandaPruner,
+    "sparsegpt": SparseGPTPruner,
+}
+
+
+def make_pruner(method: str, **options) -> Pruner:
+    try:
+        cls = PRUNERS[method.lower()]
+    except KeyError:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {sorted(PRUNERS)}") from None
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"method {method!r} has no option(s) {unknown}; its options are {sorted(fields) or 'none'}")
+    return cls(**options)
+
+
+__all__ = ["PRUNERS", "make_pruner", "Pruner", "BlockContext", "LayerResult", "LayerStats", "LayerTarget"]

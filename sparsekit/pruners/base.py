@@ -1,0 +1,116 @@
+"""The pruner interface: one transformer block at a time.
+
+`prune_block(ctx)` gets the block, its target layers and its calibration inputs and returns one
+`LayerResult` per layer. The default gathers the statistics the method asks for in one forward of
+the dense block and calls `prune_layer` on each layer: Wanda's sequential scheme. Methods that
+work on a whole block (BESA) override `prune_block`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sparsekit._validate import check_finite
+from sparsekit.hf.layers import LayerView
+from sparsekit.pipeline.capture import BlockInputs
+from sparsekit.pipeline.report import PhaseTimer
+from sparsekit.stats import ActivationStats, HessianStats
+
+
+@dataclass
+class LayerStats:
+    activations: ActivationStats | None = None
+    hessian: HessianStats | None = None
+
+
+@dataclass
+class LayerTarget:
+    """What one layer must reach: `sparsity` (unstructured) or n:m."""
+
+    sparsity: float
+    n: int = 0
+    m: int = 0
+
+
+@dataclass
+class LayerResult:
+    keep: torch.Tensor
+    weight: torch.Tensor | None = None  # replacement weight (out, in) when the method updates weights
+    seconds: float = 0.0
+
+
+@dataclass
+class BlockContext:
+    block: nn.Module
+    index: int
+    layers: list[LayerView]
+    targets: dict[str, LayerTarget]
+    inputs: BlockInputs
+    device: torch.device
+    timer: PhaseTimer
+    backend: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @torch.no_grad()
+    def forward(self, hooks: dict[nn.Module, callable] | None = None, store=None) -> None:
+        """Run every calibration batch through the block, with optional forward hooks on its modules.
+
+        With `store`, each batch's output is written to store[start:start + batch].
+        """
+        handles = [module.register_forward_hook(hook) for module, hook in (hooks or {}).items()]
+        try:
+            for start, x in self.inputs.batches():
+                out = self.inputs.call_block(self.block, self.index, x, self.device)
+                if store is not None:
+                    store[start:start + out.shape[0]] = out.to(store.device)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def collect_stats(self, activations: bool, hessian: bool) -> dict[str, LayerStats]:
+        """One dense forward of the block, accumulating the requested statistics of each layer's input."""
+        stats = {v.name: LayerStats(
+            ActivationStats(v.in_features, device=self.device, backend=self.backend) if activations else None,
+            HessianStats(v.in_features, device=self.device) if hessian else None,
+        ) for v in self.layers}
+
+        def hook_for(view: LayerView):
+            def hook(module, args, output):
+                x = args[0].detach()
+                check_finite(x, f"layer {view.name}")
+                entry = stats[view.name]
+                if entry.activations is not None:
+                    entry.activations.update(x)
+                if entry.hessian is not None:
+                    entry.hessian.update(x)
+            return hook
+
+        if activations or hessian:
+            with self.timer("statistics"):
+                self.forward({v.module: hook_for(v) for v in self.layers})
+        return stats
+
+
+class Pruner:
+    """Base class; subclasses are dataclasses whose fields are the method's options."""
+
+    name = "base"
+    needs_activations = False
+    needs_hessian = False
+
+    def prune_layer(self, layer: LayerView, stats: LayerStats, target: LayerTarget, backend: str | None) -> LayerResult:
+        raise NotImplementedError
+
+    def prune_block(self, ctx: BlockContext) -> dict[str, LayerResult]:
+        stats = ctx.collect_stats(self.needs_activations, self.needs_hessian)
+        results = {}
+        for view in ctx.layers:
+            before = ctx.timer.seconds["masks"]
+            with ctx.timer("masks"):
+                result = self.prune_layer(view, stats[view.name], ctx.targets[view.name], ctx.backend)
+            result.seconds = ctx.timer.seconds["masks"] - before
+            results[view.name] = result
+            stats[view.name] = None  # free Hessians as soon as they are used
+        return results

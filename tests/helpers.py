@@ -1,0 +1,45 @@
+"""Shared test utilities."""
+import pytest
+import torch
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    HAS_TRITON = False
+
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def tiny_llama(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=256, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                      max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(layers=2, hidden=64, heads=4, vocab=256, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=vocab, n_positions=512,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_opt(layers=2, hidden=64, ffn=128, heads=4, vocab=256, seed=0):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(hidden_size=hidden, ffn_dim=ffn, num_hidden_layers=layers, num_attention_heads=heads,
+                    vocab_size=vocab, word_embed_proj_dim=hidden, max_position_embeddings=512,
+                    bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    return OPTForCausalLM(cfg).eval()
