@@ -58,8 +58,24 @@ def check_nm(n: int, m: int, in_features: int | None = None) -> None:
         )
 
 
-def resolve_pattern(sparsity, n: int, m: int, in_features: int) -> tuple[float | None, int, int]:
-    """Validate an (unstructured sparsity) xor (n:m) request; returns the normalised triple."""
+def check_row_sparsity(sparsity: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-row sparsity: a 1-D float tensor of `rows` fractions in [0, 1)."""
+    if sparsity.dim() != 1 or sparsity.numel() != rows or not sparsity.is_floating_point():
+        raise ValueError(f"per-row sparsity must be a 1-D float tensor with one entry per output row ({rows}), got {sparsity.dtype} {tuple(sparsity.shape)}")
+    if not ((sparsity >= 0) & (sparsity < 1)).all():
+        raise ValueError("per-row sparsity values must be in [0, 1)")
+    return sparsity
+
+
+def resolve_pattern(sparsity, n: int, m: int, in_features: int, rows: int | None = None):
+    """Validate an (unstructured sparsity) xor (n:m) request; returns the normalised triple.
+
+    With `rows`, unstructured sparsity may also be a per-row tensor of fractions.
+    """
+    if isinstance(sparsity, torch.Tensor) and sparsity.dim() == 1 and rows is not None:
+        if n or m:
+            raise ValueError("per-row sparsity applies to unstructured pruning only, not N:M")
+        return check_row_sparsity(sparsity, rows), 0, 0
     if n or m:
         check_nm(n, m, in_features)
         if sparsity is not None and abs(float(sparsity) - n / m) > 1e-9:

@@ -1,7 +1,8 @@
 """Importance scores and mask selection (True = kept).
 
 Unstructured ("row" scope): every output row prunes exactly k = int(in * sparsity) of its lowest
-scores; ties prune the lower column index first (the order of a stable ascending sort).
+scores; ties prune the lower column index first (the order of a stable ascending sort). Sparsity may
+also be a per-row tensor: row r prunes int(in * sparsity[r]) (computed in float64).
 "matrix" scope: one threshold for the whole matrix, exactly int(numel * sparsity) pruned, same ties.
 N:M: in each group of m consecutive input columns the n lowest are pruned, same ties.
 """
@@ -17,9 +18,23 @@ def wanda_score(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
     return weight.float().abs() * sq_norm.float().sqrt().unsqueeze(0)
 
 
-def _prune_lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
+def row_counts(sparsity: torch.Tensor, cols: int) -> torch.Tensor:
+    """int(cols * s) per row, as int64 (float64 so it matches Python's int(cols * s) for float32 s)."""
+    return (sparsity.double() * cols).floor().long()
+
+
+def _prune_lowest_per_row(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    order = score.argsort(dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    return ranks >= k.to(score.device).unsqueeze(1)
+
+
+def _prune_lowest_k(score: torch.Tensor, k) -> torch.Tensor:
     """Keep mask pruning the k lowest entries of every row (stable ties) without a full sort."""
     rows, cols = score.shape
+    if isinstance(k, torch.Tensor):
+        return _prune_lowest_per_row(score, k)
     if k <= 0:
         return torch.ones_like(score, dtype=torch.bool)
     if k >= cols:
@@ -47,6 +62,8 @@ def select_mask(score: torch.Tensor, sparsity: float | None, n: int, m: int, sco
     if scope == "matrix":
         flat = score.reshape(1, -1)
         return _prune_lowest_k(flat, int(flat.shape[1] * sparsity)).reshape(score.shape)
+    if isinstance(sparsity, torch.Tensor):
+        return _prune_lowest_k(score, row_counts(sparsity, score.shape[1]))
     return _prune_lowest_k(score, int(score.shape[1] * sparsity))
 
 

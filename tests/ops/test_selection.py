@@ -110,3 +110,17 @@ def test_explicit_unavailable_backend_is_an_error():
         ops.select_mask(torch.rand(4, 8), 0.5, backend="cuda")
     with pytest.raises(ValueError, match="unknown backend"):
         ops.select_mask(torch.rand(4, 8), 0.5, backend="opencl")
+
+
+def test_per_row_sparsity():
+    score = torch.rand(6, 20)
+    per_row = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.66, 0.95])
+    keep = ops.select_mask(score, per_row)
+    for r in range(6):
+        assert torch.equal(keep[r:r + 1], reference_row_mask(score[r:r + 1], per_row[r].item()))
+    with pytest.raises(ValueError, match="one entry per output row"):
+        ops.select_mask(score, torch.rand(5))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        ops.select_mask(score, torch.full((6,), 1.0))
+    with pytest.raises(ValueError, match="per row"):
+        ops.select_mask(score, per_row, scope="matrix")

@@ -1,0 +1,42 @@
+"""SparseGPT's OBS prune-and-update as an op."""
+from __future__ import annotations
+
+import torch
+
+from sparsekit import backend as _backend
+from sparsekit._validate import check_same_device, check_tensor, resolve_pattern
+from sparsekit.ops.selection import check_weight
+
+
+def sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float | None = None,
+    n: int = 0,
+    m: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    *,
+    keep_pruned_values: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's OBS prune-and-update. Returns (updated weight in weight's dtype, keep mask).
+
+    hessian is (in, in), e.g. HessianStats.hessian. With keep_pruned_values=True the returned
+    weight still holds, at pruned positions, the value each weight had when it was pruned (so
+    `weight * keep` is the pruned result and a later mask change can regrow a weight).
+    """
+    check_weight(weight)
+    check_tensor(hessian, "hessian", ndim=2)
+    cols = weight.shape[1]
+    if tuple(hessian.shape) != (cols, cols):
+        raise ValueError(f"hessian must be ({cols}, {cols}) for a weight with {cols} input features, got {tuple(hessian.shape)}")
+    check_same_device(weight=weight, hessian=hessian)
+    sparsity, n, m = resolve_pattern(sparsity, n, m, cols)
+    if blocksize < 1 or (m and blocksize % m):
+        raise ValueError(f"blocksize must be a positive multiple of m, got blocksize={blocksize}, m={m}")
+    if not percdamp > 0:
+        raise ValueError(f"percdamp must be > 0, got {percdamp}")
+    return _backend.call(
+        "sparsegpt", backend, weight.device, weight, hessian, sparsity, n, m, blocksize, percdamp, keep_pruned_values
+    )
