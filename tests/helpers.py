@@ -43,3 +43,24 @@ def tiny_opt(layers=2, hidden=64, ffn=128, heads=4, vocab=256, seed=0):
                     vocab_size=vocab, word_embed_proj_dim=hidden, max_position_embeddings=512,
                     bos_token_id=0, eos_token_id=0, pad_token_id=1)
     return OPTForCausalLM(cfg).eval()
+
+
+def byte_tokenizer():
+    """A 256-token byte-level tokenizer (no merges), matching the tiny models' vocab."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=sorted(alphabet)[0])
+
+
+def save_tiny_checkpoint(path, builder=None):
+    """Write a tiny random model + byte tokenizer as an HF checkpoint directory."""
+    model = (builder or tiny_llama)()
+    model.save_pretrained(path, safe_serialization=True)
+    byte_tokenizer().save_pretrained(path)
+    return model
