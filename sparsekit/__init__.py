@@ -20,14 +20,19 @@ _LAZY = {
     "calibration_ids": "sparsekit.data.text",
     "evaluation_text": "sparsekit.data.text",
     "perplexity": "sparsekit.eval.perplexity",
+    "sparsify": "sparsekit.hf.sparsify",
+    "to_dense": "sparsekit.hf.sparsify",
+    "SparsifyReport": "sparsekit.hf.sparsify",
+    "save_pretrained": "sparsekit.hf.compressed",
+    "from_pretrained": "sparsekit.hf.compressed",
 }
 
-__all__ = sorted(_LAZY) + ["ops"]
+__all__ = sorted(_LAZY) + ["ops", "nn"]
 
 
 def __getattr__(name):
-    if name == "ops":
-        return importlib.import_module("sparsekit.ops")
+    if name in ("ops", "nn"):
+        return importlib.import_module(f"sparsekit.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

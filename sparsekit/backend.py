@@ -4,6 +4,8 @@ Each op names its implementations as "module:function" strings, imported on firs
 torch-only machine never imports Triton. `backend=None` picks, in order, the CUDA extension
 (CUDA tensors, extension built), Triton (CUDA tensors, Triton importable), torch. An explicitly
 requested backend that cannot run raises; an auto-selected one that fails to import falls back.
+An op listed in AUTO_CHOOSERS lets a chooser pick by its arguments first (sparse24_matmul: the tuned
+table of sparsekit.sparse24_dispatch, by M, N, K on the device).
 
 Triton on CPU tensors runs only under the interpreter (TRITON_INTERPRET=1, set before import):
 that is how CI tests the kernels. `SPARSEKIT_BACKEND=torch|triton|cuda` overrides the auto choice.
@@ -17,25 +19,65 @@ from typing import Callable
 
 import torch
 
-BACKENDS = ("cuda", "triton", "torch")
+BACKENDS = ("cuda", "triton", "torch", "cusparselt", "cublas")
+# "cusparselt" / "cublas" are library providers on CUDA tensors (sparsekit.cuda_backend): never in the
+# default order, reached through an op's AUTO_CHOOSERS entry or by asking for them explicitly.
 
 # op name -> {backend: "module:function"}
 IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "activation_stats": {
         "torch": "sparsekit.torch_backend.stats:activation_sums",
+        "triton": "sparsekit.triton_kernels.activation_stats:activation_sums",
     },
     "wanda_score": {
         "torch": "sparsekit.torch_backend.selection:wanda_score",
     },
     "select_mask": {
         "torch": "sparsekit.torch_backend.selection:select_mask",
+        "triton": "sparsekit.triton_kernels.select_mask:select_mask",
     },
     "wanda_mask": {
         "torch": "sparsekit.torch_backend.selection:wanda_mask",
+        "triton": "sparsekit.triton_kernels.wanda_mask:wanda_mask",
     },
     "sparsegpt": {
         "torch": "sparsekit.torch_backend.sparsegpt:sparsegpt",
     },
+    # DSnoT swaps, see sparsekit.ops.dsnot (inputs prepared there so both backends agree exactly)
+    "dsnot": {
+        "torch": "sparsekit.torch_backend.dsnot:dsnot",
+        "triton": "sparsekit.triton_kernels.dsnot_swap:dsnot",
+    },
+    # BESA masked linear, see sparsekit.ops.besa: forward(x2d, weight, ranks, counts) -> y2d;
+    # backward(grad_y2d, x2d, weight, ranks, counts, bucket_of_rank, K, need_grad_x) -> (grad_x | None, bins)
+    "besa_masked_linear_forward": {
+        "torch": "sparsekit.torch_backend.besa_mask:besa_masked_linear_forward",
+        "triton": "sparsekit.triton_kernels.besa_masked_linear:besa_masked_linear_forward",
+    },
+    "besa_masked_linear_backward": {
+        "torch": "sparsekit.torch_backend.besa_mask:besa_masked_linear_backward",
+        "triton": "sparsekit.triton_kernels.besa_masked_linear:besa_masked_linear_backward",
+    },
+    "compress_24": {
+        "torch": "sparsekit.torch_backend.sparse24:compress_24",
+    },
+    "decompress_24": {
+        "torch": "sparsekit.torch_backend.sparse24:decompress_24",
+    },
+    # impl(x2d (M, K) any strides, values (N, K/2), meta int16 (N, K/16), bias (N,) | None) -> (M, N) in x's dtype
+    "sparse24_matmul": {
+        "torch": "sparsekit.torch_backend.sparse24:sparse24_matmul",
+        "triton": "sparsekit.triton_kernels.sparse24_matmul:sparse24_matmul",
+        "cuda": "sparsekit.cuda_backend.sparse24:sparse24_matmul_cuda",
+        "cusparselt": "sparsekit.cuda_backend.sparse24:sparse24_matmul_cusparselt",
+        "cublas": "sparsekit.cuda_backend.sparse24:sparse24_matmul_cublas",
+    },
+}
+
+# op name -> "module:function" choosing the backend when backend=None: chooser(device, *args, **kwargs)
+# returns a backend name (used if available, else the default order) or None (default order).
+AUTO_CHOOSERS: dict[str, str] = {
+    "sparse24_matmul": "sparsekit.sparse24_dispatch:choose_backend",
 }
 
 
@@ -63,11 +105,20 @@ def triton_available() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def cuda_extension_available() -> str | None:
-    """None when sparsekit._C is loaded, else the reason it is not."""
-    try:
-        importlib.import_module("sparsekit._C")
-    except Exception as exc:
-        return f"the CUDA extension sparsekit._C is not built ({exc}); install with CUDA present: pip install --no-build-isolation -e ."
+    """None when the CUDA extension loads (prebuilt sparsekit._C or a JIT build, see sparsekit._ext), else why not."""
+    from sparsekit import _ext
+
+    reason = _ext.unavailable_reason()
+    if reason:
+        return f"the CUDA extension is unavailable: {reason}; install with CUDA present: pip install --no-build-isolation -e ."
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cusparselt_available() -> str | None:
+    """None when torch's cuSPARSELt ops can run, else why not."""
+    if not hasattr(torch, "_cslt_sparse_mm") or not torch.backends.cusparselt.is_available():
+        return f"this torch ({torch.__version__}) has no cuSPARSELt (torch.backends.cusparselt.is_available() is False)"
     return None
 
 
@@ -85,6 +136,10 @@ def _why_not(backend: str, device: torch.device) -> str | None:
         if device.type != "cuda":
             return f"the CUDA backend needs CUDA tensors (got {device})"
         return cuda_extension_available()
+    if backend in ("cusparselt", "cublas"):
+        if device.type != "cuda":
+            return f"the {backend} provider needs CUDA tensors (got {device})"
+        return cusparselt_available() if backend == "cusparselt" else None
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS} or None")
 
 
@@ -101,8 +156,25 @@ def auto_order(device: torch.device) -> tuple[str, ...]:
     return ("cuda", "triton", "torch") if device.type == "cuda" else ("torch",)
 
 
-def resolve(op: str, backend: str | None, device: torch.device | str) -> tuple[str, Callable]:
-    """Return (backend name, implementation) for `op` on tensors living on `device`."""
+def _chosen(op: str, impls: dict[str, str], device: torch.device, args: tuple, kwargs: dict) -> tuple[str, Callable] | None:
+    """The op's AUTO_CHOOSERS pick for these arguments, if it names an available backend."""
+    chooser = AUTO_CHOOSERS.get(op)
+    if chooser is None or os.environ.get("SPARSEKIT_BACKEND"):
+        return None
+    name = _load(chooser)(device, *args, **kwargs)
+    if name is None or name not in impls or _why_not(name, device) is not None:
+        return None
+    try:
+        return name, _load(impls[name])
+    except ImportError:
+        return None
+
+
+def resolve(op: str, backend: str | None, device: torch.device | str, args: tuple = (), kwargs: dict | None = None) -> tuple[str, Callable]:
+    """Return (backend name, implementation) for `op` on tensors living on `device`.
+
+    `args`/`kwargs` (the call's arguments) are passed to the op's AUTO_CHOOSERS entry when backend is None.
+    """
     device = torch.device(device)
     impls = IMPLEMENTATIONS.get(op)
     if impls is None:
@@ -116,6 +188,9 @@ def resolve(op: str, backend: str | None, device: torch.device | str) -> tuple[s
         if reason:
             raise RuntimeError(f"backend={backend!r} cannot run {op!r}: {reason}")
         return backend, _load(impls[backend])
+    chosen = _chosen(op, impls, device, args, kwargs or {})
+    if chosen is not None:
+        return chosen
     for name in auto_order(device):
         if name in impls and _why_not(name, device) is None:
             try:
@@ -126,4 +201,4 @@ def resolve(op: str, backend: str | None, device: torch.device | str) -> tuple[s
 
 
 def call(op: str, backend: str | None, device, *args, **kwargs):
-    return resolve(op, backend, device)[1](*args, **kwargs)
+    return resolve(op, backend, device, args, kwargs)[1](*args, **kwargs)

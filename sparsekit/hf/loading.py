@@ -71,18 +71,63 @@ def resolve_checkpoint(spec: str) -> str:
     return spec
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, device="cpu", trust_remote_code: bool = False):
-    """(model, tokenizer) in eval mode on `device`; dtype None keeps the checkpoint's own."""
+def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, device="cpu", trust_remote_code: bool = False,
+               offload: str = "none"):
+    """(model, tokenizer) in eval mode on `device`; dtype None keeps the checkpoint's own.
+
+    A sparsekit 2:4 checkpoint is rebuilt with SparseLinear24 layers. offload="cpu" keeps the
+    weights in CPU memory (the pipeline moves one block at a time to `device`); offload="disk" loads
+    only the modules outside the transformer blocks: the blocks stay on the meta device and the
+    pipeline streams each from the checkpoint's safetensors files in turn, so models larger than CPU
+    and GPU memory can be pruned.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sparsekit.hf.compressed import from_pretrained, is_compressed
+
+    if offload not in ("none", "cpu", "auto", "disk"):
+        raise ValueError(f"offload must be none, cpu, auto or disk, got {offload!r}")
     checkpoint = resolve_checkpoint(spec)
-    model = AutoModelForCausalLM.from_pretrained(
-        checkpoint,
-        dtype=parse_dtype(dtype) or "auto",
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    model.eval().to(device)
+    if offload == "disk":
+        return _load_skeleton(checkpoint, parse_dtype(dtype), trust_remote_code), tokenizer
+    if is_compressed(checkpoint):  # a 2:4 checkpoint: rebuilt with SparseLinear24 layers
+        model = from_pretrained(checkpoint, dtype=dtype, trust_remote_code=trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint,
+            dtype=parse_dtype(dtype) or "auto",
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    model.eval().to("cpu" if offload in ("cpu", "auto") else device)
     model.config.use_cache = False
     return model, tokenizer
+
+
+def _load_skeleton(checkpoint: str, dtype, trust_remote_code: bool):
+    """The model with its blocks on the meta device and everything else loaded from safetensors."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sparsekit.hf.blocks import find_blocks
+    from sparsekit.pipeline.placement import SafetensorsIndex, materialise
+
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.config._name_or_path = checkpoint
+    block_path, _ = find_blocks(model)
+    index = SafetensorsIndex(checkpoint)
+    outside = [k for k in model.state_dict(keep_vars=True) if not k.startswith(block_path + ".")]
+    materialise(model, index.load([k for k in outside if k in index.files], "cpu"), "cpu", dtype)
+    model.tie_weights()
+    missing = [k for k, v in model.state_dict(keep_vars=True).items() if v.is_meta and not k.startswith(block_path + ".")]
+    if missing:
+        raise KeyError(f"{checkpoint} lacks tensors {missing[:3]}; disk offload needs a checkpoint whose names match the model")
+    model.eval()
+    model.config.use_cache = False
+    return model

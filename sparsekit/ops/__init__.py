@@ -5,8 +5,11 @@ Masks are bool tensors with True = kept; sparsity is the fraction pruned. Every 
 Inputs are checked in these wrappers once, so each backend implementation can assume valid
 arguments. One file per family of ops; this module re-exports them all.
 """
+from sparsekit.ops.besa import besa_masked_linear, row_ranks
+from sparsekit.ops.dsnot import dsnot
 from sparsekit.ops.selection import magnitude_score, select_mask, wanda_mask, wanda_score
 from sparsekit.ops.sparsegpt import sparsegpt
+from sparsekit.ops.sparse24 import compress_24, decompress_24, from_bitmask_24, sparse24_matmul, to_bitmask_24
 from sparsekit.stats import ActivationStats, HessianStats
 
 __all__ = [
@@ -17,4 +20,12 @@ __all__ = [
     "select_mask",
     "wanda_mask",
     "sparsegpt",
+    "dsnot",
+    "besa_masked_linear",
+    "row_ranks",
+    "compress_24",
+    "decompress_24",
+    "to_bitmask_24",
+    "from_bitmask_24",
+    "sparse24_matmul",
 ]

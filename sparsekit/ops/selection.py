@@ -15,6 +15,12 @@ def check_weight(weight, name="weight"):
         raise ValueError(f"{name} contains NaN/Inf; the checkpoint is broken or was loaded in a dtype that overflows")
 
 
+def check_sq_norm(sq_norm, in_features):
+    check_vector(sq_norm, "sq_norm", in_features)
+    if not torch.isfinite(sq_norm).all() or (sq_norm < 0).any():
+        raise ValueError("sq_norm must be finite and >= 0 (a sum of squares, e.g. ActivationStats.sq_norm)")
+
+
 def magnitude_score(weight: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """|W| in fp32, shape of `weight`."""
     check_weight(weight)
@@ -24,7 +30,7 @@ def magnitude_score(weight: torch.Tensor, *, backend: str | None = None) -> torc
 def wanda_score(weight: torch.Tensor, sq_norm: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Wanda's |W_ij| * sqrt(sq_norm_j) in fp32, weight (out, in), sq_norm (in,) from ActivationStats."""
     check_weight(weight)
-    check_vector(sq_norm, "sq_norm", weight.shape[1])
+    check_sq_norm(sq_norm, weight.shape[1])
     check_same_device(weight=weight, sq_norm=sq_norm)
     return _backend.call("wanda_score", backend, weight.device, weight, sq_norm)
 
@@ -68,7 +74,7 @@ def wanda_mask(
 ) -> torch.Tensor:
     """select_mask(wanda_score(weight, sq_norm), ...) in one call (fused on the Triton backend)."""
     check_weight(weight)
-    check_vector(sq_norm, "sq_norm", weight.shape[1])
+    check_sq_norm(sq_norm, weight.shape[1])
     check_same_device(weight=weight, sq_norm=sq_norm)
     sparsity, n, m = resolve_pattern(sparsity, n, m, weight.shape[1], rows=weight.shape[0])
     return _backend.call("wanda_mask", backend, weight.device, weight, sq_norm, sparsity, n, m)

@@ -11,7 +11,7 @@ from sparsekit.ops.selection import check_weight
 def sparsegpt(
     weight: torch.Tensor,
     hessian: torch.Tensor,
-    sparsity: float | None = None,
+    sparsity: float | torch.Tensor | None = None,
     n: int = 0,
     m: int = 0,
     blocksize: int = 128,
@@ -22,9 +22,12 @@ def sparsegpt(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT's OBS prune-and-update. Returns (updated weight in weight's dtype, keep mask).
 
-    hessian is (in, in), e.g. HessianStats.hessian. With keep_pruned_values=True the returned
-    weight still holds, at pruned positions, the value each weight had when it was pruned (so
-    `weight * keep` is the pruned result and a later mask change can regrow a weight).
+    hessian is (in, in), e.g. HessianStats.hessian. `sparsity` may be a per-row tensor (out,): row r
+    then prunes exactly int(in * sparsity[r]), spread over the column blocks in proportion (each block
+    picks that row's lowest saliencies), instead of one threshold per column block.
+    With keep_pruned_values=True the returned weight still holds, at pruned positions, the value each
+    weight had when it was pruned (so `weight * keep` is the pruned result and a later mask change can
+    regrow a weight).
     """
     check_weight(weight)
     check_tensor(hessian, "hessian", ndim=2)
@@ -32,7 +35,7 @@ def sparsegpt(
     if tuple(hessian.shape) != (cols, cols):
         raise ValueError(f"hessian must be ({cols}, {cols}) for a weight with {cols} input features, got {tuple(hessian.shape)}")
     check_same_device(weight=weight, hessian=hessian)
-    sparsity, n, m = resolve_pattern(sparsity, n, m, cols)
+    sparsity, n, m = resolve_pattern(sparsity, n, m, cols, rows=weight.shape[0])
     if blocksize < 1 or (m and blocksize % m):
         raise ValueError(f"blocksize must be a positive multiple of m, got blocksize={blocksize}, m={m}")
     if not percdamp > 0:

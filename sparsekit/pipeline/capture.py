@@ -7,6 +7,7 @@ skips the blocks' computation (each block returns its input unchanged while reco
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,7 @@ class BlockInputs:
     batch_size: int
     # batch size -> per-block (extra positional args, kwargs), recorded from the model itself
     extras: dict[int, list[tuple[tuple, dict]]] = field(default_factory=dict)
+    returns_tuple: bool = False  # whether the model's blocks return a tuple (else a tensor)
 
     def batches(self):
         for start in range(0, self.hidden.shape[0], self.batch_size):
@@ -66,19 +68,17 @@ def _detach(value):
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int,
-                   device, store_device=None) -> BlockInputs:
+                   device, store_device=None, pin: bool = False) -> BlockInputs:
     """Run the model on `input_ids` (nsamples, seqlen) and record the inputs of every block.
 
-    Block 0's hidden states are stored on `store_device` (default: `device`); the non-block
-    modules must already sit on `device`.
+    Block 0's hidden states are stored on `store_device` (default: `device`; `pin` pins a CPU
+    store for fast copies); the non-block modules and block 0 must already sit on `device`.
     """
     store_device = store_device or device
     nsamples = input_ids.shape[0]
     hidden = None
     extras: dict[int, list] = {}
     state = {"start": 0, "bs": 0, "record": False, "container": None}
-    originals = [b.forward for b in blocks]
-    patched_before = ["forward" in b.__dict__ for b in blocks]  # e.g. accelerate hooks
     last = len(blocks) - 1
 
     def make_forward(index, original):
@@ -88,20 +88,19 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Ten
             args = args[1:]
             if index == 0:
                 if hidden is None:
-                    hidden = torch.empty((nsamples, *x.shape[1:]), dtype=x.dtype, device=store_device)
+                    hidden = torch.empty((nsamples, *x.shape[1:]), dtype=x.dtype, device=store_device,
+                                         pin_memory=pin and torch.device(store_device).type == "cpu")
                 hidden[state["start"]:state["start"] + x.shape[0]] = x.to(store_device)
+                if state["container"] is None:  # learn what a block returns from one real call
+                    state["container"] = type(original(x, *args, **kwargs))
             if state["record"]:
                 extras[state["bs"]].append((_detach(args), _detach(kwargs)))
             if not state["record"] or index == last:
                 raise _StopForward
-            if state["container"] is None:  # learn what a block returns from one real call
-                state["container"] = type(original(x, *args, **kwargs))
             return (x,) if state["container"] in (tuple, list) else x
         return forward
 
-    for index, (block, original) in enumerate(zip(blocks, originals)):
-        block.forward = make_forward(index, original)
-    try:
+    with _patched_forwards(blocks, make_forward):
         for start in range(0, nsamples, batch_size):
             batch = input_ids[start:start + batch_size].to(device)
             state.update(start=start, bs=batch.shape[0], record=batch.shape[0] not in extras)
@@ -111,16 +110,53 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Ten
                 model(input_ids=batch, use_cache=False)
             except _StopForward:
                 pass
-    finally:
-        for block, original, had_own in zip(blocks, originals, patched_before):
-            if had_own:
-                block.forward = original
-            else:
-                del block.forward
     for bs, per_block in extras.items():
         if len(per_block) != len(blocks):
             raise RuntimeError(
                 f"the model called {len(per_block)} of its {len(blocks)} blocks in a forward pass; "
                 "sparsekit needs every block to run once per forward"
             )
-    return BlockInputs(hidden, batch_size, extras)
+    return BlockInputs(hidden, batch_size, extras, returns_tuple=state["container"] in (tuple, list))
+
+
+@torch.no_grad()
+def forward_from_last_block(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor,
+                            last_hidden: torch.Tensor, returns_tuple: bool):
+    """The model's output (e.g. logits) when its last block outputs `last_hidden`.
+
+    Runs the model's own forward with every block short-circuited (earlier blocks pass their input
+    through, the last returns `last_hidden`), so whatever follows the blocks (final norm, lm_head,
+    logit soft-capping …) is computed by the model's own code, for any architecture, without
+    touching the blocks' weights (they may be offloaded).
+    """
+    last = len(blocks) - 1
+
+    def make_forward(index, original):
+        def forward(*args, **kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            out = last_hidden.to(x.device, x.dtype) if index == last else x
+            return (out,) if returns_tuple else out
+        return forward
+
+    with _patched_forwards(blocks, make_forward):
+        return model(input_ids=input_ids, use_cache=False)
+
+
+@contextmanager
+def _patched_forwards(blocks: nn.ModuleList, make_forward):
+    """Temporarily replace each block's forward with make_forward(index, original_forward).
+
+    A forward the instance already had (e.g. an accelerate hook's) is put back afterwards.
+    """
+    had_own = ["forward" in b.__dict__ for b in blocks]
+    originals = [b.forward for b in blocks]
+    for index, (block, original) in enumerate(zip(blocks, originals)):
+        block.forward = make_forward(index, original)
+    try:
+        yield
+    finally:
+        for block, original, own in zip(blocks, originals, had_own):
+            if own:
+                block.forward = original
+            else:
+                del block.forward

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from sparsekit._validate import check_sparsity, parse_pattern
+from sparsekit.allocation import check_allocation
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
 
 
@@ -20,6 +21,12 @@ class PruneConfig:
     batch_size:  calibration sequences per block forward
     device:      where blocks run (None: where the model is); blocks move there one at a time
     blocks:      dotted path of the block ModuleList when it cannot be found automatically
+    offload:     "auto" | "none" | "cpu" | "disk": where blocks wait between their turns (see placement.py)
+    max_gpu_memory: GPU memory budget in GiB (enforced as the process's CUDA memory fraction)
+    checkpoint_dir: save each finished block here and resume from it (required for disk offload)
+    allocation:  None (every layer at `sparsity`) or "owl": spread the overall sparsity over blocks
+                 from a dense pass first (sparsekit.allocation; unstructured only)
+    allocation_options: the allocation's options (owl: {"m": 5.0, "lam": 0.08})
     """
 
     method: str = "wanda"
@@ -32,9 +39,18 @@ class PruneConfig:
     device: str | None = None
     blocks: str | None = None
     backend: str | None = None
+    offload: str = "auto"
+    max_gpu_memory: float | None = None
+    checkpoint_dir: str | None = None
+    allocation: str | None = None
+    allocation_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.n, self.m = parse_pattern(self.pattern)
+        if self.offload not in ("auto", "none", "cpu", "disk"):
+            raise ValueError(f"offload must be auto, none, cpu or disk, got {self.offload!r}")
+        if self.max_gpu_memory is not None and not self.max_gpu_memory > 0:
+            raise ValueError(f"max_gpu_memory must be a positive number of GiB, got {self.max_gpu_memory}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if isinstance(self.sparsity, Mapping):
@@ -55,6 +71,7 @@ class PruneConfig:
                         f"sparsity {value} contradicts the {self.pattern} pattern, which prunes exactly "
                         f"{self.n / self.m:.4g}; drop --sparsity or set it to {self.n / self.m:.4g}"
                     )
+        check_allocation(self)
 
     def layer_sparsity(self, name: str) -> float:
         if self.sparsity is None:

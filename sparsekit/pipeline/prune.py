@@ -1,9 +1,11 @@
 """The sequential pipeline (as in Wanda/SparseGPT): one block at a time, pruned outputs feed the next.
 
-1. capture block 0's calibration inputs and the arguments the model passes to every block;
-2. for each block: move it to the device, let the method prune its target layers (by default one
+1. plan where blocks and calibration activations live (placement.py), shard calibration batches
+   across processes when launched by torchrun (distributed.py);
+2. capture block 0's calibration inputs and the arguments the model passes to every block;
+3. for each block: bring it to the device, let the method prune its target layers (by default one
    dense forward gathers statistics, then masks are computed per layer), apply the masks, re-run
-   the pruned block to produce the next block's inputs, move it back.
+   the pruned block to produce the next block's inputs, checkpoint (checkpoint.py), put it back.
 """
 from __future__ import annotations
 
@@ -14,26 +16,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsekit.allocation import allocate_sparsity
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
+from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import capture_inputs
+from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint
 from sparsekit.pipeline.config import PruneConfig
+from sparsekit.pipeline.placement import DiskStream, module_device, plan_placement
 from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport
 from sparsekit.pruners import BlockContext, LayerTarget, make_pruner
 
 log = logging.getLogger(__name__)
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
+def model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
 
 
 @contextmanager
-def _on_device(modules: list[nn.Module], device: torch.device):
+def on_device(modules: list[nn.Module], device: torch.device):
     """Move modules to `device` for the duration, then back where each was."""
-    homes = [_device_of(m) for m in modules]
+    homes = [module_device(m) for m in modules]
     for m in modules:
         m.to(device)
     try:
@@ -43,7 +47,7 @@ def _on_device(modules: list[nn.Module], device: torch.device):
             m.to(home)
 
 
-def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
+def non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
     """The smallest set of submodules covering every parameter/buffer outside the blocks."""
     inside = {id(m) for m in blocks.modules()}
     out = []
@@ -56,8 +60,6 @@ def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Modul
                 visit(child)
             else:
                 out.append(child)
-        if module is not model and (list(module.parameters(recurse=False)) or list(module.buffers(recurse=False))):
-            raise RuntimeError("parameters directly on a block's ancestor are not supported")
 
     visit(model)
     return out
@@ -72,26 +74,67 @@ def _check_calibration(input_ids) -> torch.Tensor:
     return input_ids
 
 
+def _restore_finished_blocks(blocks: nn.ModuleList, checkpoint: RunCheckpoint, finished: int, streamed: bool) -> None:
+    if streamed:  # streamed blocks stay on meta; the final save reads the checkpoint's files
+        return
+    for index in range(finished + 1):
+        block = blocks[index]
+        block.load_state_dict(checkpoint.block_tensors(index, module_device(block)))
+
+
 @torch.no_grad()
 def prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig | None = None, **overrides) -> PruneReport:
-    """Prune `model` in place with `config` on calibration token ids (nsamples, seqlen); return the report."""
+    """Prune `model` in place with `config` on calibration token ids (nsamples, seqlen); return the report.
+
+    Under torchrun every process passes the same calibration; each takes its share of the batches.
+    """
     config = config or PruneConfig(**overrides)
     calibration = _check_calibration(calibration)
     pruner = make_pruner(config.method, **config.method_options)
+    if distributed.world()[1] > 1 and not pruner.supports_distributed:
+        raise ValueError(f"method {config.method!r} does not support several processes; run it in one process")
     block_path, blocks = find_blocks(model, config.blocks)
-    device = torch.device(config.device) if config.device else _device_of(model)
-    report = PruneReport(method=config.method, pattern=config.pattern)
+    device = torch.device(config.device) if config.device else model_device(model)
+    local_ids = distributed.shard_batches(calibration, config.batch_size)
+    plan = plan_placement(model, blocks, block_path, local_ids.shape[0], local_ids.shape[1], device,
+                          config.offload, config.max_gpu_memory, pruner.needs_hessian)
+    placement = plan.placement
+    streamed = isinstance(placement, DiskStream)
+    log.info("placement: %s", plan.describe())
+    if streamed and not config.checkpoint_dir:
+        raise ValueError("a disk-offloaded model keeps its pruned blocks in the run checkpoint: pass checkpoint_dir (--checkpoint-dir)")
+    checkpoint = RunCheckpoint(config.checkpoint_dir, fingerprint(config, calibration, model)) if config.checkpoint_dir else None
+    finished, report = checkpoint.finished() if checkpoint else (-1, None)
+    report = report or PruneReport(method=config.method, pattern=config.pattern)
+    report.placement = plan.describe()
     timer = PhaseTimer(report.seconds)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    with _on_device(_non_block_modules(model, blocks) + [blocks[0]], device), timer("capture"):
-        inputs = capture_inputs(model, blocks, calibration, config.batch_size, device)
+    with on_device(non_block_modules(model, blocks), device):
+        placement.onload(0, blocks[0])
+        try:
+            with timer("capture"):
+                inputs = capture_inputs(model, blocks, local_ids, config.batch_size, device,
+                                        store_device=plan.activations_device, pin=plan.pin_activations)
+        finally:
+            placement.offload(0, blocks[0])
+    if config.allocation:  # e.g. OWL: a pass over the still-dense blocks sets every layer's sparsity
+        with timer("allocation"):
+            config = allocate_sparsity(config, blocks, block_path, inputs, device, placement)
+    if finished >= 0:
+        inputs.hidden = checkpoint.load_inputs(plan.activations_device)
+        _restore_finished_blocks(blocks, checkpoint, finished, streamed)
+        log.info("resuming after block %d from %s", finished, config.checkpoint_dir)
 
-    for index, block in enumerate(tqdm(blocks, desc=f"{config.method} {config.pattern}", unit="block")):
+    progress = tqdm(range(finished + 1, len(blocks)), initial=finished + 1, total=len(blocks),
+                    desc=f"{config.method} {config.pattern}", unit="block", disable=not distributed.is_main())
+    for index in progress:
+        block = blocks[index]
         layers = select_layers(block, f"{block_path}.{index}", config.targets, config.ignore)
         targets = {v.name: LayerTarget(config.layer_sparsity(v.name), config.n, config.m) for v in layers}
-        with _on_device([block], device):
+        placement.onload(index, block)
+        try:
             ctx = BlockContext(block, index, layers, targets, inputs, device, timer, config.backend)
             results = pruner.prune_block(ctx)
             for view in layers:
@@ -101,9 +144,15 @@ def prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig | Non
                 view.apply_mask(result.keep)
                 reached = 1.0 - result.keep.float().mean().item()
                 report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds))
-            if index < len(blocks) - 1:
+            last = index == len(blocks) - 1
+            if not last:
                 with timer("forward"):
                     ctx.forward(store=inputs.hidden)
+            if checkpoint:
+                with timer("checkpoint"):
+                    checkpoint.save(index, block, None if last else inputs.hidden, report)
+        finally:
+            placement.offload(index, block)
     if device.type == "cuda":
         report.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
     log.info("pruned %d layers to %.4f sparsity", len(report.layers), report.sparsity)

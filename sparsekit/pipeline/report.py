@@ -25,6 +25,7 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     peak_memory_bytes: int | None = None
+    placement: str = ""
 
     @property
     def sparsity(self) -> float:
@@ -40,8 +41,17 @@ class PruneReport:
             "sparsity": self.sparsity,
             "seconds": dict(self.seconds),
             "peak_memory_bytes": self.peak_memory_bytes,
+            "placement": self.placement,
             "layers": [asdict(r) for r in self.layers],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruneReport":
+        report = cls(method=data["method"], pattern=data["pattern"], peak_memory_bytes=data.get("peak_memory_bytes"),
+                     placement=data.get("placement", ""))
+        report.layers = [LayerReport(**{**r, "shape": tuple(r["shape"])}) for r in data["layers"]]
+        report.seconds.update(data["seconds"])
+        return report
 
     def table(self) -> str:
         width = max([len(r.name) for r in self.layers] + [5])

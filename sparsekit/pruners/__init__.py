@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 from sparsekit.pruners.base import BlockContext, LayerResult, LayerStats, LayerTarget, Pruner
+from sparsekit.pruners.besa import BesaPruner
+from sparsekit.pruners.dsnot import DSnoTPruner
 from sparsekit.pruners.magnitude import MagnitudePruner
 from sparsekit.pruners.sparsegpt import SparseGPTPruner
 from sparsekit.pruners.wanda import WandaPruner
@@ -12,6 +14,8 @@ PRUNERS: dict[str, type[Pruner]] = {
     "magnitude": MagnitudePruner,
     "wanda": WandaPruner,
     "sparsegpt": SparseGPTPruner,
+    "besa": BesaPruner,
+    "dsnot": DSnoTPruner,
 }
 
 

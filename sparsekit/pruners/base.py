@@ -14,6 +14,7 @@ from torch import nn
 
 from sparsekit._validate import check_finite
 from sparsekit.hf.layers import LayerView
+from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import BlockInputs
 from sparsekit.pipeline.report import PhaseTimer
 from sparsekit.stats import ActivationStats, HessianStats
@@ -90,7 +91,19 @@ class BlockContext:
         if activations or hessian:
             with self.timer("statistics"):
                 self.forward({v.module: hook_for(v) for v in self.layers})
+                _reduce_across_ranks(stats)
         return stats
+
+
+def _reduce_across_ranks(stats: dict[str, LayerStats]) -> None:
+    """Sum every accumulator's raw sums over the processes (no-op in a single process)."""
+    if distributed.world()[1] == 1:
+        return
+    accumulators = [acc for name in sorted(stats) for acc in (stats[name].activations, stats[name].hessian) if acc is not None]
+    states = [acc.state() for acc in accumulators]
+    distributed.all_reduce_states(states)
+    for acc, state in zip(accumulators, states):
+        acc.load_state(state)
 
 
 class Pruner:
@@ -99,6 +112,7 @@ class Pruner:
     name = "base"
     needs_activations = False
     needs_hessian = False
+    supports_distributed = True  # False for methods that train (their gradients are not reduced)
 
     def prune_layer(self, layer: LayerView, stats: LayerStats, target: LayerTarget, backend: str | None) -> LayerResult:
         raise NotImplementedError

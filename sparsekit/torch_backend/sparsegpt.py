@@ -3,6 +3,9 @@
 H = (2/N) sum x x^T (+ percdamp * mean(diag H) on the diagonal); U = chol(H^-1) upper.
 Columns are processed in blocks of `blocksize`: unstructured selects, per block, the
 int(rows * block * sparsity) lowest w^2 / U_jj^2 (N:M: the n lowest per group of m in each row);
+with a per-row sparsity tensor, row r prunes k_r = int(cols * s_r) in all, floor(k_r * i2 / cols) of
+them within columns [0, i2), choosing its lowest w^2 / U_jj^2 in each block (an extension for
+per-row allocations such as BESA's);
 each pruned weight's error (w - q) / U_jj is propagated to the not-yet-processed columns.
 Follows IST-DASLab/sparsegpt `fasterprune`, except that the per-block count is exact (the official
 `<= thresh` prunes one extra weight per block) and never-active input columns are left as they are
@@ -12,7 +15,7 @@ import warnings
 
 import torch
 
-from sparsekit.torch_backend.selection import _prune_lowest_k, _prune_nm
+from sparsekit.torch_backend.selection import _prune_lowest_k, _prune_nm, row_counts
 
 
 def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -42,6 +45,7 @@ def sparsegpt(weight, hessian, sparsity, n, m, blocksize=128, percdamp=0.01, kee
     W = weight.float().clone()
     Hinv = _inverse_cholesky(hessian, percdamp)
     keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
+    per_row = row_counts(sparsity, cols).to(W.device) if isinstance(sparsity, torch.Tensor) else None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -50,6 +54,9 @@ def sparsegpt(weight, hessian, sparsity, n, m, blocksize=128, percdamp=0.01, kee
         d = torch.diag(Hinv1)
         if m:
             pruned1 = torch.zeros_like(W1, dtype=torch.bool)
+        elif per_row is not None:
+            in_block = (per_row * i2) // cols - (per_row * i1) // cols
+            pruned1 = ~_prune_lowest_k(W1.square() / d.square(), in_block)
         else:
             pruned1 = ~_prune_lowest_k((W1.square() / d.square()).reshape(1, -1), int(W1.numel() * sparsity)).reshape(W1.shape)
         for i in range(i2 - i1):

@@ -86,3 +86,24 @@ def test_eval_subcommand(workspace, capsys):
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "sparsekit", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "prune" in result.stdout
+
+
+def test_disk_offload_with_checkpoint_matches_in_memory(workspace):
+    common = ["--method", "sparsegpt", "--eval", "--eval-windows", "4"]
+    a, b = workspace / "a.json", workspace / "b.json"
+    assert main(base_args(workspace, *common, "--save", str(workspace / "mem"), "--json", str(a))) == 0
+    assert main(base_args(workspace, *common, "--offload", "disk", "--checkpoint-dir", str(workspace / "run"),
+                          "--save", str(workspace / "disk"), "--json", str(b))) == 0
+    sa, sb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert "disk-stream" in sb["placement"]
+    assert sb["dense_ppl"] == pytest.approx(sa["dense_ppl"], rel=1e-5)
+    assert sb["pruned_ppl"] == pytest.approx(sa["pruned_ppl"], rel=1e-5)
+    mem = AutoModelForCausalLM.from_pretrained(workspace / "mem").state_dict()
+    disk = AutoModelForCausalLM.from_pretrained(workspace / "disk").state_dict()
+    for k in mem:
+        assert torch.equal(mem[k], disk[k]), k
+
+
+def test_disk_offload_needs_checkpoint_dir(workspace, capsys):
+    assert main(base_args(workspace, "--offload", "disk")) == 2
+    assert "--checkpoint-dir" in capsys.readouterr().err

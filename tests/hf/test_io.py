@@ -42,7 +42,7 @@ def test_save_is_atomic_when_interrupted(tmp_path):
     class Boom(Exception):
         pass
 
-    class Exploding:
+    class Exploding(torch.nn.Module):
         def save_pretrained(self, path, **kwargs):
             (path / "half.safetensors").write_text("partial")
             raise Boom
@@ -85,3 +85,14 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
     with pytest.raises(OSError):
         load_model(str(tmp_path / "m"))
+
+
+def test_save_pruned_refuses_sparsified_models(tmp_path):
+    from sparsekit.nn import SparseLinear24
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    with torch.no_grad():
+        model[0].weight.view(32, 16, 4)[..., :2] = 0
+    model[0] = SparseLinear24.from_linear(model[0])
+    with pytest.raises(ValueError, match="save_pretrained"):
+        sparsekit.save_pruned(model, None, tmp_path / "x")

@@ -124,3 +124,9 @@ def test_per_row_sparsity():
         ops.select_mask(score, torch.full((6,), 1.0))
     with pytest.raises(ValueError, match="per row"):
         ops.select_mask(score, per_row, scope="matrix")
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1.0, -1.0, 2.0]), torch.tensor([1.0, float("inf"), 2.0])])
+def test_bad_sq_norm(bad):
+    with pytest.raises(ValueError, match=">= 0"):
+        ops.wanda_mask(torch.rand(2, 3), bad, 0.5)

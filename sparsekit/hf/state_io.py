@@ -1,0 +1,106 @@
+"""Tensors in and out of checkpoint directories: safetensors only, a meta-device skeleton, tied weights.
+
+Shared by the sparsekit and compressed-tensors checkpoint formats (`sparsekit.hf.compressed`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop entries that are the same tensor as an earlier one (tied weights); returns (state, alias -> kept name)."""
+    seen: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for name, tensor in state.items():
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        out[name] = tensor
+    return out, aliases
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_tensors(state: dict[str, torch.Tensor], out: Path, max_shard_size) -> dict[str, str]:
+    """Write `state` as (sharded) safetensors, tied duplicates once; returns alias -> kept name."""
+    from huggingface_hub import save_torch_state_dict
+
+    state, aliases = dedup(state)
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    save_torch_state_dict(state, out, max_shard_size=max_shard_size)
+    return aliases
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def skeleton(path: Path, trust_remote_code: bool) -> nn.Module:
+    """The model from config.json with parameters on the meta device; buffers (e.g. rotary tables) are real."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    for key in ("quantization_config", "compression_config"):
+        if hasattr(config, key):
+            delattr(config, key)
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no *.safetensors files")
+    state = {}
+    for file in files:
+        state.update(load_file(file))
+    return state
+
+
+def assign(model: nn.Module, state: dict[str, torch.Tensor], aliases: dict[str, str], path: Path) -> None:
+    """Assign `state` into the skeleton, restore tied weights, and refuse anything left empty."""
+    _, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise ValueError(f"{path} holds tensors the model built from its config.json does not have: {unexpected[:5]}"
+                         f"{' …' if len(unexpected) > 5 else ''}; the checkpoint does not match its config")
+    for alias, target in aliases.items():
+        owner, _, attr = alias.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        source = model.get_parameter(target) if target in dict(model.named_parameters()) else model.get_buffer(target)
+        setattr(module, attr, source)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    empty = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if empty:
+        raise ValueError(f"{path} is missing {len(empty)} tensor(s) the model needs, e.g. {empty[:5]}; the checkpoint is incomplete")
+
+
+def read_state(path: Path, dtype) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, floating ones cast to `dtype` (None keeps them); skeleton buffers stay as built."""
+    from sparsekit.hf.loading import parse_dtype
+
+    dtype = parse_dtype(dtype)
+    state = read_tensors(path)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return state
+
+
+def finish(model: nn.Module, path: Path, device) -> nn.Module:
+    from transformers import GenerationConfig
+
+    model.to(device)
+    if (path / "generation_config.json").is_file() and hasattr(model, "generation_config"):
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model.eval()

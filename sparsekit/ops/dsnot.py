@@ -1,0 +1,127 @@
+"""DSnoT (Zhang et al., arXiv 2310.08915): training-free prune-and-grow refinement of a keep mask."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sparsekit import backend as _backend
+from sparsekit._validate import check_mask, check_nm, check_same_device, check_vector
+from sparsekit.ops.selection import check_weight
+
+MODES = ("official", "error")
+DEFAULT_MODE = "error"
+
+
+def _check_stat(t, name: str, nonnegative: bool) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN/Inf; recollect the calibration statistics (ActivationStats) in float32 or bfloat16")
+    if nonnegative and (t < 0).any():
+        raise ValueError(f"{name} has negative entries; it must be ActivationStats.{name} (a sum of squares), not another statistic")
+
+
+def _check_nm_mask(keep: torch.Tensor, n: int, m: int) -> None:
+    pruned = (~keep).reshape(keep.shape[0], -1, m).sum(dim=-1)
+    bad = (pruned != n).nonzero()
+    if bad.numel():
+        r, g = bad[0].tolist()
+        raise ValueError(
+            f"the initial keep mask is not {n}:{m}: row {r}, columns {g * m}..{g * m + m - 1} prune {pruned[r, g].item()} "
+            f"weights instead of {n}; build it with ops.wanda_mask(..., n={n}, m={m}) or pass n=m=0 for an unstructured mask"
+        )
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_float(value, name: str) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def initial_error(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """eps_i = sum over pruned j of W_ij * mean_j (float64), the expected dense-minus-sparse output.
+
+    Both backends start from this one computation, so their decisions agree exactly.
+    """
+    c = weight.float() * mean.float().unsqueeze(0)
+    return torch.where(keep, torch.zeros_like(c), c).double().sum(dim=1)
+
+
+def dsnot(
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    sq_norm: torch.Tensor,
+    *,
+    max_cycles: int = 50,
+    threshold: float = 0.1,
+    var_power: float = 1.0,
+    same_sign: bool = False,
+    n: int = 0,
+    m: int = 0,
+    mode: str = DEFAULT_MODE,
+    seqlen: int | None = None,
+    return_error: bool = False,
+    backend: str | None = None,
+):
+    """Refine `keep` (True = kept) by DSnoT swaps; returns the new keep mask (same sparsity per row).
+
+    weight (out, in); mean, var, sq_norm: ActivationStats.mean/.var/.sq_norm of the layer's input.
+    Each swap regrows one pruned weight and prunes one kept weight of the same row (of the same
+    M-group for N:M, where n, m give the pattern the initial mask must already have).
+    mode="official": the official algorithm (zyxxmu/DSnoT): reduce |eps| (eps = sum over pruned of
+      W*mean) until it is <= threshold or max_cycles swaps were made; `same_sign` keeps eps's sign
+      (always on for N:M, as in the official code); grow candidates ranked by W*mean / var^var_power.
+    mode="error": same candidate lists, but a swap is taken only if it lowers the row's expected
+      squared output error  eps^2 + sum over pruned of W^2 (seqlen * sq_norm - mean^2)
+      (mean part exact, fluctuations per input feature); needs `seqlen` (tokens per calibration
+      sequence); threshold and same_sign are not used.
+    With return_error=True returns (keep, eps) with each row's final eps (float64).
+    """
+    check_weight(weight)
+    rows, cols = weight.shape
+    check_mask(keep, "keep", (rows, cols))
+    stats = {"mean": mean, "var": var, "sq_norm": sq_norm}
+    for name, stat in stats.items():
+        check_vector(stat, name, cols)
+    check_same_device(weight=weight, keep=keep, **stats)
+    for name, stat in stats.items():
+        _check_stat(stat, name, nonnegative=name != "mean")
+    if mode not in MODES:
+        raise ValueError(f"unknown DSnoT mode {mode!r}; choose one of {MODES}")
+    max_cycles = _check_int(max_cycles, "max_cycles", 0)
+    threshold = _check_float(threshold, "threshold")
+    var_power = _check_float(var_power, "var_power")
+    if not isinstance(same_sign, bool):
+        raise TypeError(f"same_sign must be True or False, got {same_sign!r}")
+    if n or m:
+        check_nm(n, m, cols)
+        _check_nm_mask(keep, n, m)
+    error_rule = mode == "error"
+    cost_scale = None
+    if error_rule:
+        if seqlen is None:
+            raise ValueError("mode='error' needs seqlen= (tokens per calibration sequence the statistics were collected on)")
+        seqlen = _check_int(seqlen, "seqlen", 1)
+        cost_scale = (seqlen * sq_norm.double() - mean.double().square()).clamp(min=0)
+    # Column factors computed once here so both backends use bit-identical values.
+    grow_scale = var.double().pow(var_power).reciprocal().float()
+    col_norm = torch.where(sq_norm > 0, sq_norm.float().sqrt(), torch.zeros_like(sq_norm, dtype=torch.float32))
+    threshold = float(torch.tensor(threshold, dtype=torch.float32))  # the official code compares in float32
+    eps0 = initial_error(weight, keep, mean)
+    return _backend.call(
+        "dsnot", backend, weight.device, weight, keep, mean.float(), grow_scale, col_norm, eps0,
+        max_cycles, threshold, same_sign, n, m, error_rule=error_rule, cost_scale=cost_scale, return_error=return_error,
+    )

@@ -1,0 +1,199 @@
+"""Where blocks live between their turns, and how each reaches the accelerator for its turn.
+
+- `Resident`: every block already sits on the device.
+- `CPUOffload`: blocks wait in CPU memory; one at a time moves to the device and back.
+- `DiskStream`: blocks are never all materialised. The model skeleton holds them on the meta device;
+  a block's tensors are read from safetensors files (lazily, `safe_open`) straight onto the device for
+  its turn and dropped afterwards (the run checkpoint keeps the pruned tensors).
+`plan_placement` picks one from the model size, the calibration buffer and a GPU memory budget.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+GiB = 1024**3
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def on_meta(module: nn.Module) -> bool:
+    return any(p.is_meta for p in module.parameters())
+
+
+class Placement:
+    name = "resident"
+
+    def onload(self, index: int, block: nn.Module) -> None:
+        pass
+
+    def offload(self, index: int, block: nn.Module) -> None:
+        pass
+
+
+class Resident(Placement):
+    pass
+
+
+class CPUOffload(Placement):
+    name = "cpu-offload"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._homes: dict[int, torch.device] = {}
+
+    def onload(self, index, block):
+        self._homes[index] = module_device(block)
+        block.to(self.device)
+
+    def offload(self, index, block):
+        block.to(self._homes.pop(index, torch.device("cpu")))
+
+
+class SafetensorsIndex:
+    """Tensor name -> file for one checkpoint directory (single file or sharded with an index)."""
+
+    def __init__(self, directory: str | Path):
+        directory = Path(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {key: directory / name for key, name in weight_map.items()}
+        else:
+            files = sorted(directory.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no safetensors weights in {directory}; disk streaming needs a safetensors checkpoint")
+            from safetensors import safe_open
+
+            self.files = {}
+            for file in files:
+                with safe_open(file, framework="pt") as fh:
+                    self.files.update({key: file for key in fh.keys()})
+
+    def load(self, keys: list[str], device) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        missing = [k for k in keys if k not in self.files]
+        if missing:
+            raise KeyError(f"tensors {missing[:3]}… are not in the checkpoint; its names differ from the model's (use --offload cpu)")
+        out, by_file = {}, {}
+        for key in keys:
+            by_file.setdefault(self.files[key], []).append(key)
+        for file, names in by_file.items():
+            with safe_open(file, framework="pt", device=str(device)) as fh:
+                out.update({name: fh.get_tensor(name) for name in names})
+        return out
+
+
+def block_tensor_names(block: nn.Module) -> list[str]:
+    """Names of a block's parameters and persistent buffers (what a checkpoint stores)."""
+    return list(block.state_dict(keep_vars=True).keys())
+
+
+def materialise(block: nn.Module, tensors: dict[str, torch.Tensor], device, dtype=None) -> None:
+    from accelerate.utils import set_module_tensor_to_device
+
+    for name, value in tensors.items():
+        set_module_tensor_to_device(block, name, device, value=value, dtype=dtype)
+
+
+class DiskStream(Placement):
+    """`load_block(index, names, device) -> {name: tensor}` supplies each block's tensors for its turn."""
+
+    name = "disk-stream"
+
+    def __init__(self, load_block, device: torch.device, dtype: torch.dtype | None = None):
+        self.load_block, self.device, self.dtype = load_block, device, dtype
+
+    @classmethod
+    def from_checkpoint(cls, directory, block_path: str, device, dtype=None) -> "DiskStream":
+        """Stream blocks from an HF safetensors checkpoint whose tensor names match the model's."""
+        index = SafetensorsIndex(directory)
+
+        def load_block(i, names, dev):
+            tensors = index.load([f"{block_path}.{i}.{n}" for n in names], dev)
+            return {n: tensors[f"{block_path}.{i}.{n}"] for n in names}
+
+        return cls(load_block, device, dtype)
+
+    def onload(self, index, block):
+        materialise(block, self.load_block(index, block_tensor_names(block), self.device), self.device, self.dtype)
+
+    def offload(self, index, block):
+        block.to("meta")
+
+
+@dataclass
+class PlacementPlan:
+    placement: Placement
+    activations_device: torch.device
+    pin_activations: bool
+    notes: str
+
+    def describe(self) -> str:
+        where = f"{self.activations_device}{' (pinned)' if self.pin_activations else ''}"
+        return f"blocks: {self.placement.name}; calibration activations on {where}; {self.notes}"
+
+
+def _bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters() if not p.is_meta)
+
+
+def _meta_bytes(module: nn.Module, dtype: torch.dtype) -> int:
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return sum(p.numel() * (p.element_size() if not p.is_meta else itemsize) for p in module.parameters())
+
+
+def plan_placement(model: nn.Module, blocks: nn.ModuleList, block_path: str, nsamples: int, seqlen: int,
+                   device: torch.device, offload: str = "auto", max_gpu_memory: float | None = None,
+                   needs_hessian: bool = False) -> PlacementPlan:
+    """Choose block placement and where calibration activations live for a memory budget (GiB)."""
+    if offload not in ("auto", "none", "cpu", "disk"):
+        raise ValueError(f"offload must be auto, none, cpu or disk, got {offload!r}")
+    dtype = next((p.dtype for p in blocks.parameters() if p.is_floating_point()), torch.float32)
+    hidden = model.config.hidden_size
+    act_bytes = nsamples * seqlen * hidden * torch.empty(0, dtype=dtype).element_size()
+    block_bytes = _meta_bytes(blocks[0], dtype)
+    largest_in = max((m.weight.shape[1] for m in blocks[0].modules() if isinstance(m, nn.Linear)), default=hidden)
+    work_bytes = 3 * block_bytes + (12 * largest_in**2 if needs_hessian else 0)
+    model_bytes = _meta_bytes(model, dtype)
+    streamed = on_meta(blocks)
+    if offload == "disk" and not streamed:
+        raise ValueError("offload='disk' needs a model loaded with load_model(..., offload='disk')")
+
+    if device.type != "cuda":
+        placement = DiskStream.from_checkpoint(model.name_or_path, block_path, device, dtype) if streamed else Resident()
+        return PlacementPlan(placement, device, False, "CPU run")
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    budget = int(max_gpu_memory * GiB) if max_gpu_memory else int(0.9 * total)
+    if max_gpu_memory:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    on_device = module_device(blocks[0]).type == "cuda" and not streamed
+    if streamed:
+        placement = DiskStream.from_checkpoint(model.name_or_path, block_path, device, dtype)
+    elif on_device or offload == "none":
+        placement = Resident()
+        if not on_device:
+            model.to(device)
+    elif offload == "cpu" or model_bytes + act_bytes + work_bytes > budget:
+        placement = CPUOffload(device)
+    else:
+        placement = Resident()
+        model.to(device)
+    resident_bytes = model_bytes if isinstance(placement, Resident) else block_bytes
+    fits = resident_bytes + act_bytes + work_bytes <= budget
+    act_device = device if fits else torch.device("cpu")
+    notes = (f"budget {budget / GiB:.1f} GiB, model {model_bytes / GiB:.2f} GiB, block {block_bytes / GiB:.3f} GiB, "
+             f"activations {act_bytes / GiB:.2f} GiB")
+    return PlacementPlan(placement, act_device, act_device.type == "cpu", notes)

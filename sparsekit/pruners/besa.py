@@ -1,0 +1,264 @@
+"""BESA (Xu et al., arXiv 2402.16880): learn each row's (or layer's) sparsity by block reconstruction.
+
+Per transformer block, with its weights frozen:
+1. one dense forward gathers the ranking statistics and the dense block's output Y_ref;
+2. every row is ranked by an importance score (Wanda |W|*||X|| by default);
+3. logits over K candidate sparsities (1.00, 0.99, ..., 0.00) per row or per layer are trained for
+   `epochs` passes over the calibration batches, each step minimising
+       sum(((Y_ref - Y) / sigma)^2) / hidden + beta * ((s_block - s*) / s*)^2
+   (sigma: per-channel L2 norm of Y_ref over the batch; s_block: parameter-weighted expected sparsity)
+   with the hard mask in the forward pass and the straight-through soft mask in the backward pass
+   (`sparsekit.ops.besa_masked_linear`);
+4. beyond the paper, the learned row sparsities are projected onto the block's exact budget
+   (round(s* x weights), integer counts per row) and the masks are cut either from BESA's own
+   ranking or by another in-row method at those per-row sparsities: Wanda, SparseGPT (per-row
+   counts, OBS update), or DSnoT swaps starting from BESA's mask (swaps keep each row's count).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from sparsekit import ops
+from sparsekit.allocation.budget import budget_count, project_row_counts
+from sparsekit.ops.besa import expected_sparsity, prune_counts, reachable_sparsity, target_log_prior
+from sparsekit.pruners.base import BlockContext, LayerResult, Pruner
+from sparsekit.torch_backend.sparsegpt import _inverse_cholesky
+
+log = logging.getLogger(__name__)
+
+GRANULARITIES = ("row", "layer")
+METRICS = ("wanda", "magnitude", "sparsegpt")
+ROW_METHODS = ("besa", "wanda", "sparsegpt", "dsnot")
+ROW_METHOD_OPTIONS = {"sparsegpt": {"blocksize", "percdamp"},
+                      "dsnot": {"mode", "max_cycles", "threshold", "var_power", "same_sign"}}
+OPTIMIZERS = ("prodigy", "adamw")
+INITS = ("target", "uniform")
+DEFAULT_LR = {"prodigy": 1.0, "adamw": 1e-2}
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    value = str(value).lower()
+    if value not in choices:
+        raise ValueError(f"besa: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _option(default, help: str, **metadata):
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class BesaPruner(Pruner):
+    granularity: str = _option("row", "row (one learned sparsity per output row, the paper's best) or layer")
+    metric: str = _option("wanda", "row ranking: wanda, magnitude or sparsegpt (w^2 / diag(H^-1))")
+    row_method: str = _option("besa", "masks at the learned sparsities: besa (its own ranking), wanda, sparsegpt, "
+                                      "or dsnot (DSnoT swaps refining besa's mask)")
+    epochs: int = _option(1, "passes over the calibration batches per block (paper: 1)")
+    beta: float = _option(5.0, "sparsity penalty weight (paper's scripts: 5)")
+    optimizer: str = _option("prodigy", "prodigy (paper, lr 1) or adamw (lr 1e-2)")
+    lr: float | None = _option(None, "learning rate (default: 1 for prodigy, 1e-2 for adamw)", parse=float)
+    d_coef: float = _option(5.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise)")
+    sparsity_step: float = _option(0.01, "spacing of the candidate sparsities (0.01: 101 candidates)")
+    sigmoid: bool = _option(True, "p = softmax(sigmoid(logits) + prior), the paper's smoothing: each probability "
+                                  "stays within a factor e of the prior's")
+    init: str = _option("target", "target (a fixed log-prior so that zero logits give the target sparsity; no prior "
+                                  "at one half, as the paper) or uniform (no prior: starts at one half)")
+    exact: bool = _option(True, "project the learned allocation onto the exact budget (off: the paper's floor(s * cols))")
+    train_samples: int | None = _option(None, "train on the first N calibration sequences only (default: all)", parse=int)
+    row_method_options: dict = _option({}, "JSON options for row_method: sparsegpt blocksize/percdamp, "
+                                           "dsnot mode/max_cycles/...", parse=json.loads)
+
+    name = "besa"
+    needs_activations = True
+    supports_distributed = False  # the logits' gradients are not reduced across processes
+
+    def __post_init__(self):
+        self.granularity = _choice("granularity", self.granularity, GRANULARITIES)
+        self.metric = _choice("metric", self.metric, METRICS)
+        self.row_method = _choice("row_method", self.row_method, ROW_METHODS)
+        self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.init = _choice("init", self.init, INITS)
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"besa: epochs must be an int >= 0 (0 keeps the uniform initial allocation), got {self.epochs!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"besa: beta must be >= 0, got {self.beta}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"besa: lr must be > 0, got {self.lr}")
+        if not self.d_coef > 0:
+            raise ValueError(f"besa: d_coef must be > 0, got {self.d_coef}")
+        steps = 1.0 / self.sparsity_step if 0 < self.sparsity_step < 1 else 0.0
+        if steps < 1 or abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f"besa: sparsity_step must divide 1 evenly (e.g. 0.01, 0.02, 0.05), got {self.sparsity_step}")
+        self.num_candidates = int(round(steps)) + 1
+        if self.train_samples is not None and self.train_samples < 1:
+            raise ValueError(f"besa: train_samples must be >= 1, got {self.train_samples}")
+        if not isinstance(self.row_method_options, dict):
+            raise ValueError("besa: row_method_options must be a dict (JSON object on the command line)")
+        allowed = ROW_METHOD_OPTIONS.get(self.row_method, set())
+        unknown = sorted(set(self.row_method_options) - allowed)
+        if unknown:
+            raise ValueError(f"besa: row_method {self.row_method!r} takes no option(s) {unknown}; "
+                             f"it takes {sorted(allowed) or 'none'}")
+        self.learned: dict[str, torch.Tensor] = {}  # layer name -> learned expected sparsity per row
+
+    # -- one block ------------------------------------------------------------------------------
+    def prune_block(self, ctx: BlockContext) -> dict[str, LayerResult]:
+        for view in ctx.layers:
+            if ctx.targets[view.name].m:
+                raise ValueError("besa learns unstructured per-row / per-layer sparsity; N:M patterns are not "
+                                 "supported (use --pattern unstructured, or wanda/sparsegpt for N:M)")
+        need_activations = "wanda" in (self.metric, self.row_method) or self.row_method == "dsnot"
+        need_hessian = "sparsegpt" in (self.metric, self.row_method)
+        stats = ctx.collect_stats(activations=need_activations, hessian=need_hessian)
+        reference = torch.empty_like(ctx.inputs.hidden)
+        with ctx.timer("besa_reference"):
+            ctx.forward(store=reference)
+        weights = {v.name: v.weight.detach().contiguous() for v in ctx.layers}
+        ranks = {v.name: ops.row_ranks(self._score(weights[v.name], stats[v.name])) for v in ctx.layers}
+        sizes = [weights[v.name].numel() for v in ctx.layers]
+        target = sum(n * ctx.targets[v.name].sparsity for n, v in zip(sizes, ctx.layers)) / sum(sizes)
+        prior = target_log_prior(target, self.num_candidates).to(ctx.device) if self.init == "target" else None
+        self._check_reachable(target, prior)
+        with ctx.timer("besa_training"):
+            logits = self._learn(ctx, weights, ranks, reference, target, prior)
+        del reference
+        counts = self._counts(ctx, weights, logits, prior, sizes)
+        results = {}
+        for view in ctx.layers:
+            before = ctx.timer.seconds["masks"]
+            with ctx.timer("masks"):
+                result = self._mask(weights[view.name], ranks[view.name], counts[view.name], stats[view.name], ctx)
+            result.seconds = ctx.timer.seconds["masks"] - before
+            results[view.name] = result
+        return results
+
+    def _check_reachable(self, target: float, prior) -> None:
+        lo, hi = reachable_sparsity(self.num_candidates, self.sigmoid, prior)
+        if self.epochs and target > 0 and not lo + 0.005 <= target <= hi - 0.005:
+            raise ValueError(f"besa: with sigmoid smoothing and init={self.init!r} a row's expected sparsity stays within "
+                             f"[{lo:.3f}, {hi:.3f}], so the block target {target:.3f} cannot be learned; use init='target' "
+                             "(--besa-init target) or turn the smoothing off (--no-besa-sigmoid)")
+
+    def _score(self, weight: torch.Tensor, stats) -> torch.Tensor:
+        if self.metric == "magnitude":
+            return ops.magnitude_score(weight)
+        if self.metric == "wanda":
+            return ops.wanda_score(weight, stats.activations.sq_norm.to(weight.device))
+        upper = _inverse_cholesky(stats.hessian.hessian.to(weight.device), 0.01)  # H^-1 = U^T U
+        return weight.float().square() / upper.square().sum(dim=0).unsqueeze(0)
+
+    def _learn(self, ctx, weights, ranks, reference, target, prior) -> dict[str, torch.Tensor]:
+        rows = {name: w.shape[0] if self.granularity == "row" else 1 for name, w in weights.items()}
+        logits = {name: torch.zeros(rows[name], self.num_candidates, device=ctx.device, requires_grad=True) for name in weights}
+        if self.epochs == 0 or target == 0:
+            return {name: l.detach() for name, l in logits.items()}
+        sizes = {name: float(w.numel()) for name, w in weights.items()}
+        total = sum(sizes.values())
+        optimizer = self._optimizer(list(logits.values()))
+        losses = []
+        with _frozen(ctx.block), _masked_forwards(ctx, weights, ranks, logits, self.sigmoid, prior), torch.enable_grad():
+            for _ in range(self.epochs):
+                seen = 0
+                for start, x in ctx.inputs.batches():
+                    if self.train_samples is not None and seen >= self.train_samples:
+                        break
+                    seen += x.shape[0]
+                    out = ctx.inputs.call_block(ctx.block, ctx.index, x, ctx.device)
+                    recon = _reconstruction_loss(out, reference[start:start + out.shape[0]].to(ctx.device))
+                    s_block = sum(sizes[n] * expected_sparsity(l, self.sigmoid, prior).mean() for n, l in logits.items()) / total
+                    loss = recon + self.beta * ((s_block - target) / target) ** 2
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append((recon.item(), s_block.item()))
+        if losses:
+            log.info("besa block %d: reconstruction %.4g -> %.4g, expected sparsity %.4f (target %.4f), %d steps",
+                     ctx.index, losses[0][0], losses[-1][0], losses[-1][1], target, len(losses))
+        return {name: l.detach() for name, l in logits.items()}
+
+    def _optimizer(self, params):
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=lr, d_coef=self.d_coef, weight_decay=0.0)
+
+    def _counts(self, ctx, weights, logits, prior, sizes) -> dict[str, torch.Tensor]:
+        """Per-row prune counts (int64) from the learned logits: exact budget, or the paper's floor(s * cols)."""
+        names = list(weights)
+        row_sparsity = {n: expected_sparsity(logits[n], self.sigmoid, prior).expand(weights[n].shape[0]).cpu() for n in names}
+        self.learned.update(row_sparsity)
+        if not self.exact:
+            return {n: prune_counts(logits[n], *weights[n].shape, self.sigmoid, prior).long().cpu() for n in names}
+        budget = budget_count(sizes, [ctx.targets[v.name].sparsity for v in ctx.layers])
+        counts = project_row_counts([row_sparsity[n] for n in names], [weights[n].shape[1] for n in names], budget)
+        return dict(zip(names, counts))
+
+    def _mask(self, weight, ranks, counts, stats, ctx) -> LayerResult:
+        backend = ctx.backend
+        counts = counts.to(weight.device)
+        own = ranks >= counts.unsqueeze(1).to(ranks.dtype)
+        if self.row_method == "besa":
+            return LayerResult(own)
+        if self.row_method == "dsnot":  # swaps keep every row's count
+            acts = stats.activations
+            return LayerResult(ops.dsnot(weight, own, acts.mean.to(weight.device), acts.var.to(weight.device),
+                                         acts.sq_norm.to(weight.device), seqlen=int(ctx.inputs.hidden.shape[1]),
+                                         backend=backend, **self.row_method_options))
+        sparsity = (counts.double() + 0.25) / weight.shape[1]  # int(cols * s) == count per row
+        if self.row_method == "wanda":
+            return LayerResult(ops.wanda_mask(weight, stats.activations.sq_norm.to(weight.device), sparsity, backend=backend))
+        pruned, keep = ops.sparsegpt(weight, stats.hessian.hessian.to(weight.device), sparsity, backend=backend,
+                                     **self.row_method_options)
+        return LayerResult(keep, pruned)
+
+
+def _reconstruction_loss(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """sum(((Y_ref - Y) / sigma)^2) / hidden, sigma = per-channel L2 norm of Y_ref over the batch's tokens."""
+    reference = reference.float()
+    sigma = reference.reshape(-1, reference.shape[-1]).norm(dim=0).clamp_min(1e-6)
+    return ((reference - out.float()) / sigma).square().sum() / reference.shape[-1]
+
+
+@contextmanager
+def _frozen(block: torch.nn.Module):
+    """No gradients for the block's own parameters while the logits train."""
+    flags = [(p, p.requires_grad) for p in block.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def _masked_forwards(ctx: BlockContext, weights, ranks, logits, sigmoid: bool, prior):
+    """Route each target layer's forward through the BESA masked linear (weights as (out, in))."""
+    saved = []
+    try:
+        for view in ctx.layers:
+            module = view.module
+            saved.append((module, module.__dict__.get("forward")))
+
+            def forward(x, _w=weights[view.name], _r=ranks[view.name], _l=logits[view.name], _b=module.bias):
+                return ops.besa_masked_linear(x, _w, _r, _l, _b, sigmoid=sigmoid, log_prior=prior, backend=ctx.backend)
+
+            module.forward = forward
+        yield
+    finally:
+        for module, previous in saved:
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+

@@ -1,0 +1,129 @@
+"""DSnoT (Zhang et al., arXiv 2310.08915): an initial mask (Wanda, magnitude or SparseGPT) refined by
+training-free prune-and-grow swaps (`sparsekit.ops.dsnot`), with statistics from the same
+calibration pass as Wanda's. The official script's flags are accepted as aliases.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sparsekit import ops
+from sparsekit.ops.dsnot import DEFAULT_MODE, MODES
+from sparsekit.pruners.base import LayerResult, Pruner
+
+INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
+# what the official code does when a flag is not given (lib/prune.py + main.py at 4c029df)
+OFFICIAL_DEFAULTS = {"max_cycles": 50, "threshold": 0.1, "skip_layer": "mlp", "same_sign": False}
+# the default ("error") mode: measured on SmolLM2 (see README, "DSnoT")
+ERROR_DEFAULTS = {"max_cycles": 50, "threshold": 0.0, "skip_layer": "none", "same_sign": False}
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def official_bool(text: str) -> bool:
+    """argparse `type=bool`, as the official script parses --without_same_sign: every non-empty
+    string is True, so `--without_same_sign False` still turns the same-sign rule off."""
+    return bool(text)
+
+
+@dataclass
+class DSnoTPruner(Pruner):
+    initial: str = field(default="wanda", metadata={
+        "aliases": ["--initial_method"], "help": f"initial mask: one of {INITIAL_METHODS} (default wanda)"})
+    mode: str = field(default=DEFAULT_MODE, metadata={
+        "help": f"one of {MODES}: 'official' reproduces zyxxmu/DSnoT, '{DEFAULT_MODE}' (default) only takes swaps "
+                "that lower the expected squared output error (see sparsekit.ops.dsnot)"})
+    max_cycles: int | None = field(default=None, metadata={
+        "aliases": ["--max_cycle_time"], "parse": int, "help": "swaps per row at most (default 50)"})
+    threshold: float | None = field(default=None, metadata={
+        "aliases": ["--update_threshold"], "parse": float,
+        "help": "official mode: a row stops once |eps| <= threshold (default 0.1, absolute units of W * sum of x)"})
+    var_power: float = field(default=1.0, metadata={
+        "aliases": ["--pow_of_var_regrowing"], "help": "grow candidates ranked by W * mean / var**var_power (default 1)"})
+    skip_layer: str | None = field(default=None, metadata={
+        "aliases": ["--skip_layer"],
+        "help": "layers keeping their initial mask: a block-relative name's first part ('mlp', 'self_attn'), "
+                "'re:<regex>' on it, or 'none' (default: 'mlp' in official mode as the official code, 'none' otherwise)"})
+    skip_sub_layer: str | None = field(default=None, metadata={
+        "aliases": ["--skip_sub_layer"], "help": "also skip layers whose name's second part is this (e.g. 'down_proj')"})
+    same_sign: bool | None = field(default=None, metadata={
+        "parse": parse_bool, "help": "official mode, unstructured: stop a row before eps changes sign (default false; N:M always)"})
+    without_same_sign: bool | None = field(default=None, metadata={
+        "aliases": ["--without_same_sign"], "parse": official_bool,
+        "help": "the official flag: any non-empty value (even 'False', as argparse type=bool) turns the same-sign rule off"})
+
+    name = "dsnot"
+    needs_activations = True
+
+    def __post_init__(self):
+        self.initial = str(self.initial).lower()
+        if self.initial not in INITIAL_METHODS:
+            raise ValueError(f"unknown DSnoT initial method {self.initial!r}; choose one of {INITIAL_METHODS}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown DSnoT mode {self.mode!r}; choose one of {MODES}")
+        defaults = OFFICIAL_DEFAULTS if self.mode == "official" else ERROR_DEFAULTS
+        if self.same_sign is not None and self.without_same_sign is not None and self.same_sign == self.without_same_sign:
+            raise ValueError("same_sign and without_same_sign contradict each other; give one of them")
+        if self.without_same_sign is not None:
+            self.same_sign = not self.without_same_sign
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.skip_layer.startswith("re:"):
+            re.compile(self.skip_layer[3:])
+        self._relative_names: dict[int, str] = {}
+        self._seqlen = None
+
+    @property
+    def needs_hessian(self) -> bool:
+        return self.initial == "sparsegpt"
+
+    def skipped(self, relative_name: str) -> bool:
+        """Whether a layer (name relative to its block, e.g. 'mlp.up_proj') keeps its initial mask."""
+        parts = relative_name.split(".")
+        skip = self.skip_layer
+        if skip.startswith("re:"):
+            hit = re.fullmatch(skip[3:], parts[0]) is not None
+        else:
+            hit = skip.lower() not in ("none", "no_skip", "") and parts[0] == skip
+        return hit or (self.skip_sub_layer is not None and len(parts) > 1 and parts[1] == self.skip_sub_layer)
+
+    def prune_block(self, ctx):
+        self._relative_names = {id(module): name for name, module in ctx.block.named_modules()}
+        self._seqlen = int(ctx.inputs.hidden.shape[1])  # tokens per calibration sequence
+        return super().prune_block(ctx)
+
+    def initial_mask(self, layer, stats, target, backend):
+        """(keep, replacement weight or None) of the initial method; SparseGPT keeps the OBS values of
+        the weights it prunes so that a regrown weight comes back with its updated value."""
+        sparsity = None if target.m else target.sparsity
+        weight = layer.weight
+        if self.initial == "sparsegpt":
+            hessian = stats.hessian.hessian.to(weight.device)
+            new_weight, keep = ops.sparsegpt(weight, hessian, sparsity, target.n, target.m, keep_pruned_values=True, backend=backend)
+            return keep, new_weight
+        if self.initial == "magnitude":  # per-row, as the official DSnoT code
+            return ops.select_mask(ops.magnitude_score(weight), sparsity, target.n, target.m, scope="row", backend=backend), None
+        return ops.wanda_mask(weight, stats.activations.sq_norm.to(weight.device), sparsity, target.n, target.m, backend=backend), None
+
+    def prune_layer(self, layer, stats, target, backend):
+        keep, new_weight = self.initial_mask(layer, stats, target, backend)
+        relative = self._relative_names.get(id(layer.module), layer.name)
+        if self.skipped(relative):
+            return LayerResult(keep, new_weight)
+        weight = new_weight if new_weight is not None else layer.weight
+        acts = stats.activations
+        device = weight.device
+        keep = ops.dsnot(
+            weight, keep, acts.mean.to(device), acts.var.to(device), acts.sq_norm.to(device),
+            max_cycles=self.max_cycles, threshold=self.threshold, var_power=self.var_power, same_sign=self.same_sign,
+            n=target.n, m=target.m, mode=self.mode, seqlen=self._seqlen, backend=backend,
+        )
+        return LayerResult(keep, new_weight)

@@ -1,0 +1,139 @@
+"""SparseLinear24: from a pruned Linear, exact forward, state dict, to_dense, compile, refusals."""
+import pytest
+import torch
+from torch import nn
+
+from sparsekit.nn import SparseLinear24
+from sparsekit.ops.sparse24 import _sparse24_matmul_op
+
+from tests.helpers import needs_cuda
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def pruned_linear(k, n, dtype=torch.float32, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias).to(dtype)
+    w = lin.weight.data.view(n, k // 4, 4)
+    keep = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, w.float().abs().topk(2, -1).indices, True)
+    lin.weight.data.mul_(keep.view(n, k))  # negative pruned weights become -0.0
+    return lin
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_equals_pruned_linear(dtype, bias):
+    lin = pruned_linear(128, 64, dtype, bias)
+    sparse = SparseLinear24.from_linear(lin)
+    for shape in [(1, 128), (3, 128), (2, 17, 128)]:
+        x = torch.randn(shape).to(dtype)
+        assert torch.equal(sparse(x), lin(x).detach())
+    assert sparse.values.dtype == dtype and sparse.meta.dtype == torch.int16
+    assert (sparse.bias is None) == (not bias)
+
+
+def test_state_dict_holds_only_compressed_tensors():
+    lin = pruned_linear(256, 96, torch.bfloat16)
+    sparse = SparseLinear24.from_linear(lin)
+    state = sparse.state_dict()
+    assert set(state) == {"values", "meta", "bias"}
+    assert state["values"].shape == (96, 128) and state["meta"].shape == (96, 16)
+    assert sparse.compressed_bytes() / (lin.weight.numel() * 2) == 0.5625
+    fresh = SparseLinear24(256, 96, bias=True, dtype=torch.bfloat16)
+    fresh.load_state_dict(state)
+    x = torch.randn(5, 256, dtype=torch.bfloat16)
+    assert torch.equal(fresh(x), sparse(x))
+
+
+def test_to_dense_and_dtype_moves():
+    lin = pruned_linear(128, 32)
+    sparse = SparseLinear24.from_linear(lin)
+    dense = sparse.to_dense()
+    assert isinstance(dense, nn.Linear)
+    assert torch.equal(dense.weight, lin.weight) and torch.equal(dense.bias, lin.bias)
+    half = sparse.to(torch.float16)
+    assert half.values.dtype == torch.float16 and half.meta.dtype == torch.int16
+    x = torch.randn(4, 128)
+    torch.testing.assert_close(half(x.half()).float(), lin(x).detach(), atol=2e-2, rtol=1e-2)
+
+
+def test_conv1d_layers_round_trip():
+    from transformers.pytorch_utils import Conv1D
+
+    lin = pruned_linear(64, 96, bias=True)
+    conv = Conv1D(96, 64)
+    conv.weight.data = lin.weight.data.t().contiguous()
+    conv.bias.data = lin.bias.data.clone()
+    sparse = SparseLinear24.from_linear(conv)
+    x = torch.randn(3, 64)
+    assert torch.equal(sparse(x), lin(x).detach())
+    back = sparse.to_dense()
+    assert type(back).__name__ == "Conv1D" and torch.equal(back.weight, conv.weight)
+
+
+def test_extra_repr():
+    text = repr(SparseLinear24.from_linear(pruned_linear(128, 64, torch.float16)))
+    assert "in_features=128, out_features=64, bias=True" in text and "0.5625x dense" in text
+
+
+def test_refusals_name_the_layer():
+    dense = nn.Linear(128, 64)
+    with pytest.raises(ValueError, match="layer 'model.layers.3.mlp.up_proj' weight is not 2:4 sparse"):
+        SparseLinear24.from_linear(dense, name="model.layers.3.mlp.up_proj")
+    with pytest.raises(ValueError, match="'q'.*out_features N=48.*pad 16 zero rows"):
+        SparseLinear24.from_linear(pruned_linear(128, 48), name="q")
+    with pytest.raises(TypeError, match="'emb' is a Embedding, not an nn.Linear"):
+        SparseLinear24.from_linear(nn.Embedding(4, 64), name="emb")
+    with pytest.raises(TypeError, match="float64"):
+        SparseLinear24.from_linear(pruned_linear(128, 32).double(), name="d")
+    with pytest.raises(ValueError, match="meta device"):
+        SparseLinear24.from_linear(nn.Linear(128, 32, device="meta"), name="m")
+    with pytest.raises(ValueError, match="pad 32 zero columns"):
+        SparseLinear24(96, 32)
+    lin = pruned_linear(128, 32)
+    sparse = SparseLinear24.from_linear(lin)
+    with pytest.raises(TypeError, match="cast x"):
+        sparse(torch.randn(2, 128, dtype=torch.float16))
+
+
+def test_custom_op_passes_opcheck():
+    sparse = SparseLinear24.from_linear(pruned_linear(128, 64, torch.float32))
+    x = torch.randn(5, 128)
+    torch.library.opcheck(_sparse24_matmul_op, (x, sparse.values, sparse.meta, sparse.bias, None))
+    torch.library.opcheck(_sparse24_matmul_op, (x, sparse.values, sparse.meta, None, "torch"))
+
+
+def test_torch_compile_fullgraph_on_cpu():
+    torch._dynamo.reset()
+    model = nn.Sequential(SparseLinear24.from_linear(pruned_linear(128, 256)), nn.GELU(),
+                          SparseLinear24.from_linear(pruned_linear(256, 128, seed=1)))
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for m in (1, 7, 16):
+        x = torch.randn(2, m, 128)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@needs_cuda
+def test_cuda_graph_capture_and_no_host_sync():
+    sparse = SparseLinear24.from_linear(pruned_linear(256, 128, torch.bfloat16)).cuda()
+    x = torch.randn(4, 256, dtype=torch.bfloat16, device="cuda")
+    expected = sparse(x)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sparse(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        sparse(x)  # warm-up outside the graph (autotuning, lazy imports)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = sparse(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, sparse(x), atol=0, rtol=0)
+    assert not torch.equal(out, expected)

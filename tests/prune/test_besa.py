@@ -1,0 +1,205 @@
+"""BESA on tiny random models: exact budgets, per-row vs per-layer allocation, in-row methods, errors."""
+import pytest
+import torch
+
+import sparsekit
+from sparsekit import PruneConfig, ops
+from sparsekit.allocation.budget import apportion, budget_count, project_row_counts
+from sparsekit.hf.blocks import find_blocks
+from sparsekit.hf.layers import select_layers
+from sparsekit.ops.besa import expected_sparsity, reachable_sparsity, target_log_prior
+from sparsekit.pruners import make_pruner
+from sparsekit.pruners.besa import _reconstruction_loss
+from tests.helpers import needs_triton, tiny_gpt2, tiny_llama, tiny_opt
+
+FAST = {"optimizer": "adamw", "lr": 0.05}  # moves the logits within the few steps of a tiny run
+
+
+def calib(n=4, seqlen=16):
+    return torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(1))
+
+
+def block_views(model):
+    path, blocks = find_blocks(model)
+    return [select_layers(b, f"{path}.{i}") for i, b in enumerate(blocks)]
+
+
+def prune_with(pruner, model, monkeypatch, sparsity=0.5):
+    """Run the pipeline with this pruner instance (to inspect what it learned)."""
+    monkeypatch.setattr("sparsekit.pipeline.prune.make_pruner", lambda *a, **k: pruner)
+    return sparsekit.prune(model, calib(), PruneConfig(method="besa", sparsity=sparsity, batch_size=1))
+
+
+def run_besa(model, sparsity=0.5, batch_size=1, **options):
+    config = PruneConfig(method="besa", sparsity=sparsity, batch_size=batch_size, method_options={**FAST, **options})
+    return sparsekit.prune(model, calib(), config)
+
+
+@pytest.mark.parametrize("granularity", ["row", "layer"])
+@pytest.mark.parametrize("sparsity, sigmoid", [(0.5, True), (0.7, True), (0.6, False), (0.37, False)])
+def test_reaches_the_target_exactly_in_every_block(granularity, sparsity, sigmoid):
+    model = tiny_llama()
+    report = run_besa(model, sparsity, granularity=granularity, sigmoid=sigmoid)
+    for views in block_views(model):
+        numel = sum(v.weight.numel() for v in views)
+        pruned = sum(int((v.weight == 0).sum()) for v in views)
+        assert pruned == round(sparsity * numel)
+    total = sum(r.shape[0] * r.shape[1] for r in report.layers)
+    print(f"besa {granularity} target {sparsity}: reached {report.sparsity:.6f}")
+    assert report.sparsity == pytest.approx(round(sparsity * total / 2) * 2 / total, abs=1e-12)  # two equal blocks
+
+
+def test_row_granularity_learns_per_row_sparsities_layer_granularity_one_per_layer(monkeypatch):
+    per_row, per_layer = make_pruner("besa", granularity="row", **FAST), make_pruner("besa", granularity="layer", **FAST)
+    for pruner in (per_row, per_layer):
+        model = tiny_llama()
+        prune_with(pruner, model, monkeypatch)
+        zeros_per_row = [(v.weight == 0).sum(1) for views in block_views(model) for v in views]
+        if pruner is per_layer:
+            assert all(int(z.max() - z.min()) <= 1 for z in zeros_per_row)  # one count per layer (+1 to meet the budget)
+            assert all(s.unique().numel() == 1 for s in per_layer.learned.values())
+        else:
+            assert any(int(z.max() - z.min()) > 1 for z in zeros_per_row)
+            assert all(s.std() > 0 for s in per_row.learned.values())
+
+
+def test_wanda_row_method_gives_besas_own_masks_with_the_wanda_metric():
+    a, b = tiny_llama(), tiny_llama()
+    run_besa(a, 0.6)
+    run_besa(b, 0.6, row_method="wanda")
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa == 0, pb == 0)
+
+
+def test_sparsegpt_row_method_keeps_per_row_counts_and_updates_weights():
+    a, b, dense = tiny_llama(), tiny_llama(), tiny_llama()
+    run_besa(a, 0.6, metric="sparsegpt")
+    run_besa(b, 0.6, metric="sparsegpt", row_method="sparsegpt", row_method_options={"blocksize": 32})
+    for va, vb, vd in zip(*(block_views(m)[0] for m in (a, b, dense))):  # block 1 sees different inputs
+        assert torch.equal((va.weight == 0).sum(1), (vb.weight == 0).sum(1)), va.name
+        kept = vb.weight != 0
+        assert not torch.equal(vb.weight[kept], vd.weight[kept])  # OBS updated the kept weights
+
+
+def test_dsnot_row_method_refines_besas_masks_at_the_same_counts():
+    a, b = tiny_llama(), tiny_llama()
+    run_besa(a, 0.6)
+    run_besa(b, 0.6, row_method="dsnot", row_method_options={"max_cycles": 5})
+    changed = 0
+    for va, vb in zip(block_views(a)[0], block_views(b)[0]):  # block 1 sees different inputs
+        assert torch.equal((va.weight == 0).sum(1), (vb.weight == 0).sum(1)), va.name
+        changed += int(((va.weight == 0) != (vb.weight == 0)).sum())
+    assert changed > 0
+
+
+def test_paper_mode_prunes_floor_of_expected_sparsity(monkeypatch):
+    pruner = make_pruner("besa", granularity="layer", exact=False, init="uniform", epochs=0)
+    report = prune_with(pruner, tiny_llama(), monkeypatch, sparsity=0.6)
+    for layer in report.layers:  # untrained uniform logits: s = 0.5, floor(0.5 * cols) per row, not the 0.6 asked
+        assert layer.reached == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_opt])
+def test_other_architectures_with_bias_and_conv1d(builder):
+    model = builder()
+    report = run_besa(model, 0.6, batch_size=2)
+    total = sum(r.shape[0] * r.shape[1] for r in report.layers)
+    assert abs(report.sparsity * total - 0.6 * total) <= 1
+    assert torch.isfinite(model(calib()).logits).all()
+
+
+@needs_triton
+def test_triton_backend_gives_the_torch_backends_masks():
+    a, b = tiny_llama(layers=1, hidden=32, intermediate=64), tiny_llama(layers=1, hidden=32, intermediate=64)
+    sparsekit.prune(a, calib(2), PruneConfig(method="besa", sparsity=0.5, batch_size=1, backend="torch", method_options=FAST))
+    sparsekit.prune(b, calib(2), PruneConfig(method="besa", sparsity=0.5, batch_size=1, backend="triton", method_options=FAST))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa == 0, pb == 0)
+
+
+def test_training_moves_the_expected_sparsity_towards_the_target(monkeypatch):
+    pruner = make_pruner("besa", granularity="layer", init="uniform", sigmoid=False, beta=50.0, epochs=3, **FAST)
+    prune_with(pruner, tiny_llama(), monkeypatch, sparsity=0.7)
+    learned = torch.stack([s.mean() for s in pruner.learned.values()])
+    assert (learned > 0.55).all()  # started at 0.5, pulled up by the penalty
+
+
+def test_target_log_prior_starts_at_the_target():
+    assert torch.equal(target_log_prior(0.5), torch.zeros(101))  # the paper's start
+    zero = torch.zeros(3, 101)
+    for target in (0.2, 0.6, 0.8):
+        prior = target_log_prior(target)
+        for sigmoid in (True, False):
+            assert expected_sparsity(zero, sigmoid, prior) == pytest.approx([target] * 3, abs=1e-5)
+        lo, hi = reachable_sparsity(101, True, prior)
+        assert lo < target - 0.05 and hi > target + 0.05
+    lo, hi = reachable_sparsity(101, sigmoid=True)  # no prior: the paper's smoothing confines s around 0.5
+    assert lo == pytest.approx(1 - hi) and 0.62 < hi < 0.63
+
+
+def test_reconstruction_loss_formula():
+    ref = torch.tensor([[[1.0, 2.0], [3.0, 0.0]]])
+    out = torch.tensor([[[0.0, 2.0], [3.0, 1.0]]])
+    sigma = torch.tensor([10.0 ** 0.5, 2.0])
+    expected = ((1 / sigma[0]) ** 2 + (1 / sigma[1]) ** 2) / 2
+    assert _reconstruction_loss(out, ref).item() == pytest.approx(expected.item())
+
+
+def test_budget_projection_is_exact_and_keeps_the_learned_order():
+    rows = [torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.4, 0.41])]
+    counts = project_row_counts(rows, [10, 7], budget=17)
+    assert sum(int(c.sum()) for c in counts) == 17
+    assert counts[0][0] <= counts[0][1] <= counts[0][2] and (counts[0] <= 9).all()
+    with pytest.raises(ValueError, match="lower the sparsity"):
+        project_row_counts(rows, [10, 7], budget=40)
+    assert budget_count([100, 50], [0.5, 0.31]) == 66
+    assert apportion(torch.tensor([1.5, 2.5]), torch.tensor([3, 5]), 17, torch.tensor([9, 9])).tolist() == [2, 2]
+
+
+def test_nm_pattern_is_refused():
+    with pytest.raises(ValueError, match="N:M"):
+        sparsekit.prune(tiny_llama(), calib(), PruneConfig(method="besa", pattern="2:4", sparsity=None))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"granularity": "column"}, "granularity"),
+    ({"metric": "random"}, "metric"),
+    ({"row_method": "gptq"}, "row_method"),
+    ({"optimizer": "sgd"}, "optimizer"),
+    ({"init": "random"}, "init"),
+    ({"epochs": -1}, "epochs"),
+    ({"beta": -1.0}, "beta"),
+    ({"lr": 0.0}, "lr"),
+    ({"d_coef": 0.0}, "d_coef"),
+    ({"sparsity_step": 0.03}, "divide 1"),
+    ({"train_samples": 0}, "train_samples"),
+    ({"row_method": "wanda", "row_method_options": {"blocksize": 8}}, "takes no option"),
+    ({"row_method": "dsnot", "row_method_options": {"blocksize": 8}}, "takes no option"),
+    ({"colour": "red"}, "no option"),
+])
+def test_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_pruner("besa", **options)
+
+
+def test_sigmoid_smoothing_without_prior_cannot_reach_high_sparsity():
+    with pytest.raises(ValueError, match="init"):
+        run_besa(tiny_llama(), 0.7, init="uniform")
+
+
+def test_cli_runs_besa_and_reports_exact_sparsity(tmp_path, capsys):
+    from sparsekit.cli import main
+    from tests.helpers import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(" ".join(f"line {i} of the calibration text." for i in range(300)))
+    rc = main(["prune", "--model", str(tmp_path / "model"), "--method", "besa", "--sparsity", "0.6", "--nsamples", "4",
+               "--seqlen", "16", "--batch-size", "1", "--device", "cpu", "--calib", str(tmp_path / "calib.txt"),
+               "--besa-granularity", "layer", "--besa-optimizer", "adamw", "--besa-row-method", "wanda",
+               "--json", str(tmp_path / "out.json")])
+    assert rc == 0
+    import json
+
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["sparsity_reached"] == pytest.approx(0.6, abs=1e-4)
+    assert summary["method_options"]["granularity"] == "layer"

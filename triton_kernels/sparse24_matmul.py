@@ -1,0 +1,397 @@
+"""2:4 sparse matmul for the memory-bound (decode) regime: out = x @ W.T (+ bias).
+
+    x (M, K), any strides; W (N, K) 2:4 along K, stored compressed:
+      values (N, K/2)  the two kept entries of every group of 4 in natural order,
+      meta   int16 (N, K/16) torch's CUTLASS layout: native nibble of group g = 4c + j of row n is bits
+             4j..4j+3 of native[n, c], low 2 bits = index i0 of values[n, 2g], high 2 bits = i1 of values[n, 2g+1]
+             (i0 < i1), and native[n, c] is stored at flat position
+             (c//2)*2N + (n//32)*64 + (n%8)*8 + ((n//16)%2)*4 + (c%2)*2 + (n//8)%2
+             (CUTLASS reorder_meta + ColumnMajorInterleaved<2>, written in closed form; the tests check it
+             against torch's `_calculate_meta_reordering_scatter_offsets`).
+    out[m, n] = sum_g values[n, 2g] x[m, 4g + i0] + values[n, 2g+1] x[m, 4g + i1]  (+ bias[n]), fp32 accumulation.
+
+Each program owns BLOCK_N weight rows and BLOCK_M tokens and one of SPLIT_K slices of K. It streams the
+compressed weight once (values as 16-byte vectors, meta decoded by index arithmetic, no host reformatting)
+and computes the transposed product acc[n, m] ("swap AB": the weight is the wide operand):
+  * BLOCK_M >= 16: expand each [BLOCK_N, BLOCK_K/2] values tile to dense [BLOCK_N, BLOCK_K] in registers
+    (two selects per dense slot) and `tl.dot` it with the x tile;
+  * BLOCK_M < 16 (M <= 4): no expansion, gather x by index: per group, x[4g + i0] and x[4g + i1] are
+    picked with selects and FMA'd with the two values (per-thread partial sums, reduced once at the end).
+Meta (2-byte gathers) and x are prefetched one K block ahead in registers; values stream through Triton's
+cp.async pipeline on the dot path and are prefetched by hand on the gather path.
+Split-K partials go to an fp32 workspace with atomics; a per-tile counter elects the last program, which
+reads the sum back while zeroing the workspace (so it stays clean for the next call), adds the bias and
+casts. Without split-K the epilogue writes directly. The weight bytes are 1.125 NK (vs 2 NK dense), so
+at small M the ceiling is 1.78x cuBLAS on H100 (shared/docs/kernels.md §4).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+import triton.testing
+
+
+def sparse24_matmul_ref(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None):
+    """Plain-torch reference (decompress, then one dense GEMM)."""
+    from sparsekit.torch_backend.sparse24 import sparse24_matmul
+
+    return sparse24_matmul(x, values, meta, bias)
+
+
+def meta_position(n, c, rows: int):
+    """Flat position in the CUTLASS-ordered meta (rows, K/16) of native meta element (n, c) (ints or tensors)."""
+    return (c // 2) * (2 * rows) + (c % 2) * 2 + (n // 32) * 64 + (n % 8) * 8 + ((n // 16) % 2) * 4 + (n // 8) % 2
+
+
+@triton.jit
+def _meta_row_offset(n):
+    # Row part of meta_position; the column part (c // 2) * 2N + (c % 2) * 2 is added per K block.
+    return (n // 32) * 64 + (n % 8) * 8 + ((n // 16) % 2) * 4 + (n // 8) % 2
+
+
+@triton.jit
+def _group_indices(meta, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """meta int16 [BLOCK_N, BLOCK_K/16] -> (i0, i1) int32 [BLOCK_N, BLOCK_K/4], one pair per group of 4."""
+    shifts = tl.arange(0, 4) * 4
+    nibble = (meta.to(tl.int32)[:, :, None] >> shifts[None, None, :]) & 0xF
+    nibble = tl.reshape(nibble, [BLOCK_N, BLOCK_K // 4])
+    return nibble & 3, nibble >> 2
+
+
+@triton.jit
+def _expand(v0, v1, i0, i1, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dense [BLOCK_N, BLOCK_K] from the two kept values per group; valid meta has i0 in 0..2, i1 in 1..3."""
+    zero = tl.zeros_like(v0)
+    d0 = tl.where(i0 == 0, v0, zero)
+    d1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
+    d2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
+    d3 = tl.where(i1 == 3, v1, zero)
+    # join(join(d0, d2), join(d1, d3))[..., a, b] = d_{2a+b}: row-major reshape gives d0 d1 d2 d3.
+    return tl.reshape(tl.join(tl.join(d0, d2), tl.join(d1, d3)), [BLOCK_N, BLOCK_K])
+
+
+@triton.jit
+def _load_values(values_ptr, offs_n, n_ok, kb, K, stride_vn, offs_hv, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """values[n, kb*BK/2 : (kb+1)*BK/2] as [BLOCK_N, BLOCK_K/2] (rows contiguous: 16-byte loads)."""
+    hv = kb * (BLOCK_K // 2) + offs_hv
+    ptrs = values_ptr + offs_n[:, None] * stride_vn + hv[None, :]
+    if EVEN:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=n_ok[:, None] & (hv < K // 2)[None, :], other=0.0)
+
+
+@triton.jit
+def _load_meta(meta_ptr, meta_row, n_ok, kb, N, K, offs_c, BLOCK_K: tl.constexpr, MASKED: tl.constexpr):
+    """Native meta [BLOCK_N, BLOCK_K/16] of K block kb, gathered from the CUTLASS order (meta_position)."""
+    c = kb * (BLOCK_K // 16) + offs_c
+    ptrs = meta_ptr + meta_row[:, None] + ((c // 2) * (2 * N) + (c % 2) * 2)[None, :]
+    if MASKED:
+        return tl.load(ptrs, mask=n_ok[:, None] & (c < K // 16)[None, :], other=0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _load_x(x_ptr, offs_m, m_ok, kb, K, stride_xm, stride_xk, offs_k, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """x[m, kb*BK : (kb+1)*BK] as [BLOCK_M, BLOCK_K], rows past M are zeros."""
+    kk = kb * BLOCK_K + offs_k
+    ptrs = x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk
+    if EVEN_K:
+        return tl.load(ptrs, mask=m_ok[:, None], other=0.0)
+    return tl.load(ptrs, mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _sparse24_matmul_kernel(
+    # pointers
+    x_ptr, values_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, count_ptr,
+    # sizes; M_BUCKET only keys the autotuner
+    M, N, K, M_BUCKET,
+    # strides (elements)
+    stride_xm, stride_xk, stride_vn, stride_om, stride_on,
+    # number of K slices (a runtime value: one compiled kernel serves every split)
+    SPLIT_K,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    meta_row = _meta_row_offset(offs_n)
+    offs_hv = tl.arange(0, BLOCK_K // 2)   # compressed columns of one K block
+    offs_c = tl.arange(0, BLOCK_K // 16)   # meta columns of one K block
+    offs_k = tl.arange(0, BLOCK_K)
+
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_blocks, SPLIT_K)
+    kb_begin = pid_k * per_split
+    kb_end = tl.minimum(kb_begin + per_split, k_blocks)
+
+    # meta (2-byte gathers, which cp.async cannot stream) and x (small, from L2) are loaded one K block
+    # ahead by hand, and so are the values on the gather path; on the dot path Triton's pipeliner streams
+    # the values through shared memory (num_stages). The clamped block index keeps every load in bounds
+    # (an empty split or the last iteration re-reads a block it already has).
+    kb_first = tl.minimum(kb_begin, k_blocks - 1)
+    meta_next = _load_meta(meta_ptr, meta_row, n_ok, kb_first, N, K, offs_c, BLOCK_K, not (EVEN_N and EVEN_K))
+    x_next = _load_x(x_ptr, offs_m, m_ok, kb_first, K, stride_xm, stride_xk, offs_k, BLOCK_K, EVEN_K)
+    if BLOCK_M >= 16:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        # per-thread partial products, reduced across threads once after the loop
+        acc3 = tl.zeros([BLOCK_N, BLOCK_M, BLOCK_K // 4], dtype=tl.float32)
+        v_next = _load_values(values_ptr, offs_n, n_ok, kb_first, K, stride_vn, offs_hv, BLOCK_K, EVEN_N and EVEN_K)
+    for kb in range(kb_begin, kb_end):
+        nxt = tl.minimum(kb + 1, kb_end - 1)
+        meta = meta_next
+        x = x_next
+        meta_next = _load_meta(meta_ptr, meta_row, n_ok, nxt, N, K, offs_c, BLOCK_K, not (EVEN_N and EVEN_K))
+        x_next = _load_x(x_ptr, offs_m, m_ok, nxt, K, stride_xm, stride_xk, offs_k, BLOCK_K, EVEN_K)
+        if BLOCK_M >= 16:
+            v = _load_values(values_ptr, offs_n, n_ok, kb, K, stride_vn, offs_hv, BLOCK_K, EVEN_N and EVEN_K)
+        else:
+            v = v_next
+            v_next = _load_values(values_ptr, offs_n, n_ok, nxt, K, stride_vn, offs_hv, BLOCK_K, EVEN_N and EVEN_K)
+        i0, i1 = _group_indices(meta, BLOCK_N, BLOCK_K)
+        v0, v1 = tl.split(tl.reshape(v, [BLOCK_N, BLOCK_K // 4, 2]))
+
+        if BLOCK_M >= 16:
+            w = _expand(v0, v1, i0, i1, BLOCK_N, BLOCK_K)
+            if IEEE:  # fp32 inputs (tests), or bf16 under the interpreter, whose bf16 dot multiplies raw bits
+                acc = tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w, tl.trans(x), acc)
+        else:
+            # [BLOCK_M, G, 4] -> x0..x3 [BLOCK_M, G] (the four columns of every group)
+            xe, xo = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_K // 4, 2, 2]))
+            x0, x2 = tl.split(xe)
+            x1, x3 = tl.split(xo)
+            j0 = i0[:, None, :]
+            j1 = i1[:, None, :]
+            xs0 = tl.where(j0 == 0, x0[None, :, :], tl.where(j0 == 1, x1[None, :, :], x2[None, :, :]))
+            xs1 = tl.where(j1 == 3, x3[None, :, :], tl.where(j1 == 2, x2[None, :, :], x1[None, :, :]))
+            acc3 += v0[:, None, :].to(tl.float32) * xs0.to(tl.float32) + v1[:, None, :].to(tl.float32) * xs1.to(tl.float32)
+    if BLOCK_M < 16:
+        acc = tl.sum(acc3, axis=2)
+
+    out_mask = n_ok[:, None] & m_ok[None, :]
+    out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        ws_ptrs = ws_ptr + offs_m[None, :] * N + offs_n[:, None]
+        tl.atomic_add(ws_ptrs, acc, mask=out_mask, sem="relaxed")
+        # All threads' partial sums are issued before one thread publishes "this split is done".
+        tl.debug_barrier()
+        tile = pid_m * tl.num_programs(0) + pid_n
+        done = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+        if done == SPLIT_K - 1:
+            # Last split of this tile: read the full sum (an atomic read at L2, coherent with the other
+            # programs' atomics) and leave zeros behind for the next call.
+            zero = tl.zeros_like(acc)
+            total = tl.atomic_add(ws_ptrs, zero, mask=out_mask, sem="acquire")
+            total = tl.where(out_mask, total, zero)  # masked lanes of an atomic return garbage
+            tl.store(ws_ptrs, zero, mask=out_mask)
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configs
+
+SPLIT_MAX_M = 256  # split-K (and its fp32 workspace of M x N) only for M up to this
+
+
+def m_bucket(m: int) -> int:
+    """Autotuning bucket of the token count: 1, 2, 4, 8, 16, 32, 64, 128, 256, 512 (everything above)."""
+    return min(triton.next_power_of_2(max(1, m)), 512)
+
+
+def _cfg(bm, bn, bk, split, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split},
+                         num_warps=warps, num_stages=stages)
+
+
+# (BLOCK_N, BLOCK_K, num_warps) tried for each BLOCK_M; the gather path (BLOCK_M < 16) keeps
+# BLOCK_M * BLOCK_N * BLOCK_K / 4 <= 8192 products in flight, the dot path BLOCK_N * BLOCK_K <= 4096 per warp.
+_BLOCKS = {
+    1: [(32, 256, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4)],
+    2: [(32, 256, 4), (64, 128, 4), (128, 64, 4)],
+    4: [(32, 128, 4), (64, 64, 4), (128, 64, 8)],
+    16: [(32, 128, 4), (64, 128, 4), (64, 256, 8), (128, 128, 8)],
+    32: [(64, 128, 4), (64, 256, 8), (128, 128, 8)],
+    64: [(64, 64, 4), (64, 128, 8), (128, 64, 8)],
+    128: [(64, 64, 8), (128, 32, 8), (128, 64, 8)],
+}
+_SPLITS = (1, 2, 4, 8, 16)
+
+
+def _all_configs() -> list:
+    return [_cfg(bm, bn, bk, split, warps, 3 if bk == 256 else 4)
+            for bm, blocks in _BLOCKS.items() for bn, bk, warps in blocks for split in _SPLITS]
+
+
+def _block_ms(m: int) -> set[int]:
+    if m <= 4:
+        return {triton.next_power_of_2(m), 16}
+    if m <= 16:
+        return {16}
+    if m <= 32:
+        return {16, 32}
+    if m <= 64:
+        return {32, 64}
+    return {64, 128}
+
+
+def _useful_splits(m: int, n: int, k: int, bm: int, bn: int, bk: int) -> set[int]:
+    """Split-K values giving about 1 to 4.5 waves of programs (else the smallest that fills the SMs); 1 if M is large."""
+    if m > SPLIT_MAX_M:
+        return {1}
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    k_blocks = triton.cdiv(k, bk)
+    fits = [s for s in _SPLITS if s == 1 or k_blocks // s >= 2]
+    sms = _num_sms()
+    waves = {s for s in fits if 0.9 * sms <= tiles * s <= 4.5 * sms}
+    return waves or {next((s for s in fits if tiles * s >= 0.9 * sms), fits[-1])}
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Keep the configs that fit this (M, N, K): BLOCK_M matched to M, split-K sized to fill the SMs."""
+    m, n, k = named_args["M"], named_args["N"], named_args["K"]
+    block_ms = _block_ms(m)
+    kept = []
+    for cfg in configs:
+        kw = cfg.kwargs
+        bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+        if bm in block_ms and bn <= max(32, n) and bk <= max(64, k) and kw["SPLIT_K"] in _useful_splits(m, n, k, bm, bn, bk):
+            kept.append(cfg)
+    return kept or [_heuristic_config(m, n, k)]
+
+
+def _heuristic_config(m: int, n: int, k: int) -> triton.Config:
+    """A reasonable config without autotuning (interpreter, SPARSEKIT_TRITON_AUTOTUNE=0): fill the SMs via split-K."""
+    bm = triton.next_power_of_2(m) if m <= 2 else min(max(16, triton.next_power_of_2(m)), 64)
+    bn = 64 if n >= 64 else 32
+    bk = 128 if k >= 128 else 64
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    k_blocks = triton.cdiv(k, bk)
+    split = 1
+    while m <= SPLIT_MAX_M and tiles * split < 2 * _num_sms() and k_blocks // (split * 2) >= 2 and split < 16:
+        split *= 2
+    return _cfg(bm, bn, bk, split, 8 if bm >= 32 else 4, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132  # H100 SXM: what the interpreter pretends, so CPU tests exercise split-K
+
+
+_kernel = triton.heuristics({
+    "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
+    "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0,
+})(_sparse24_matmul_kernel)
+
+
+def _autotune_bench(kernel_call, quantiles):
+    # Shorter than Triton's default (25 + 100 ms per config): up to 24 configs per (M bucket, N, K).
+    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+
+
+_AUTOTUNE = dict(configs=_all_configs(), key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_configs})
+try:
+    _autotuned_kernel = triton.autotune(**_AUTOTUNE, do_bench=_autotune_bench)(_kernel)
+except TypeError:  # a Triton without the do_bench argument: its default timing
+    _autotuned_kernel = triton.autotune(**_AUTOTUNE)(_kernel)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# launcher
+
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(device: torch.device, elements: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed fp32 split-K workspace and tile counters, per (device, stream); kernels leave them zeroed.
+
+    Make one call outside CUDA-graph capture first (a warm-up), so the buffers are not graph-private.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    ws, count = _WORKSPACES.get(key, (None, None))
+    if ws is None or ws.numel() < elements:
+        ws = torch.zeros(max(elements, 1 << 16), dtype=torch.float32, device=device)
+    if count is None or count.numel() < tiles:
+        count = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+    _WORKSPACES[key] = (ws, count)
+    return ws, count
+
+
+def _autotune_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get("SPARSEKIT_TRITON_AUTOTUNE", "1") != "0"
+
+
+def sparse24_matmul(
+    x2d: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """x2d (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, W given as (values, meta); inputs already validated.
+
+    On CUDA the autotuner picks the config per (M bucket, N, K, dtype); `config` (a dict of BLOCK_M, BLOCK_N,
+    BLOCK_K, SPLIT_K, num_warps, num_stages) bypasses it, as does SPARSEKIT_TRITON_AUTOTUNE=0 (heuristic).
+    """
+    m, k = x2d.shape
+    n = values.shape[0]
+    values = values.contiguous()
+    meta = meta.contiguous()
+    out = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    bias_arg = bias.contiguous() if bias is not None else values  # never read when HAS_BIAS is False
+    # Workspace for split-K: fp32 M x N plus one counter per (N tile, M tile); none needed above SPLIT_MAX_M.
+    split_possible = m <= SPLIT_MAX_M
+    tiles = triton.cdiv(n, 32) * (m if m <= 4 else triton.cdiv(m, 16))
+    ws, count = _workspace(x2d.device, m * n if split_possible else 1, tiles if split_possible else 1)
+    args = (x2d, values, meta, bias_arg, out, ws, count, m, n, k, m_bucket(m),
+            x2d.stride(0), x2d.stride(1), values.stride(0), out.stride(0), out.stride(1))
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    flags = dict(HAS_BIAS=bias is not None,
+                 IEEE=x2d.dtype == torch.float32 or (interpreting and x2d.dtype == torch.bfloat16))
+
+    if config is None and _autotune_enabled(x2d.device):
+        def grid(p):
+            return (triton.cdiv(n, p["BLOCK_N"]), triton.cdiv(m, p["BLOCK_M"]), p["SPLIT_K"])
+
+        _autotuned_kernel[grid](*args, **flags)
+        return out
+
+    cfg = dict(config) if config is not None else _config_dict(_heuristic_config(m, n, k))
+    bm, bn, bk, split = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["SPLIT_K"]
+    if split > 1 and not split_possible:
+        raise ValueError(f"SPLIT_K > 1 needs M <= {SPLIT_MAX_M}, got M={m}")
+    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    if split > 1:
+        ws, count = _workspace(x2d.device, m * n, grid[0] * grid[1])
+        args = (*args[:5], ws, count, *args[7:])
+    _kernel[grid](*args, SPLIT_K=split, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                  num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3), **flags)
+    return out
+
+
+def _config_dict(cfg: triton.Config) -> dict:
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
