@@ -68,7 +68,7 @@ setup(
         "prodigyopt",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "matplotlib"],
         "bench": ["matplotlib"],
         "eval": ["lm-eval"],
     },

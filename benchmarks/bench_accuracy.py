@@ -11,6 +11,8 @@ for the configurations in `--zeroshot-configs`. Results are upserted after each 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 
 import torch
@@ -29,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("accuracy")
     g.add_argument("--model", default="smollm2-135m", help="model alias or checkpoint (default smollm2-135m)")
     g.add_argument("--acc-methods", default=None, help=f"comma list (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--acc-configs", nargs="+", default=None,
+                   help="configurations method[+owl][:{json options}] (the pruner's fields, plus batch_size), e.g. "
+                        "wanda wanda+owl 'dsnot:{\"mode\":\"official\"}' 'besa:{\"granularity\":\"layer\"}'; "
+                        "replaces --acc-methods")
     g.add_argument("--sparsities", default=None, help=f"comma list of fractions and N:M (default {','.join(DEFAULT_SPARSITIES)})")
     g.add_argument("--dtype", default="bfloat16")
     g.add_argument("--acc-nsamples", type=int, default=32, help="calibration sequences (default 32)")
@@ -39,6 +45,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zeroshot-limit", type=int, default=None, help="first N documents per task")
     g.add_argument("--zeroshot-configs", default="dense",
                    help="configurations to run zero-shot on, e.g. dense,wanda:0.5,sparsegpt:2:4 (default dense)")
+
+
+NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "dsnot": "DSnoT", "magnitude": "Magnitude", "besa": "BESA", "dense": "dense"}
+
+
+def parse_config(text: str) -> tuple[str, str | None, dict]:
+    """'dsnot+owl:{"mode": "official"}' -> ('dsnot', 'owl', {'mode': 'official'})."""
+    head, _, options = text.partition(":")
+    method, _, allocation = head.partition("+")
+    try:
+        options = json.loads(options) if options else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"configuration {text!r}: the options after ':' must be a JSON object ({exc})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"configuration {text!r}: the options after ':' must be a JSON object")
+    return method, allocation or None, options
+
+
+# run settings, not part of what a method is: kept out of the table's method name (they stay in the case)
+SETTINGS = ("batch_size", "d_coef", "train_samples")
+
+
+def config_label(method: str, allocation: str | None, options: dict, settings: bool = True) -> str:
+    """Readable name: 'DSnoT (official)', 'SparseGPT+DSnoT', 'BESA-layer+DSnoT', 'OWL+Wanda', ...;
+    options the name does not cover are appended as key=value (run SETTINGS only if `settings`)."""
+    rest = {k: v for k, v in options.items() if settings or k not in SETTINGS}
+    name = NAMES.get(method, method)
+    if method == "dsnot":
+        initial = rest.pop("initial", "wanda")
+        name = f"{NAMES.get(initial, initial)}+DSnoT" if initial != "wanda" else name
+        mode = rest.pop("mode", None)
+        name += f" ({mode})" if mode else ""
+    if method == "besa":
+        name = f"BESA-{rest.pop('granularity', 'row')}"
+        row_method = rest.pop("row_method", "besa")
+        name += "" if row_method == "besa" else f"+{NAMES.get(row_method, row_method)}"
+    if allocation:
+        name = f"{allocation.upper()}+{name}"
+    extra = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True).replace(' ', '')}"
+                     for k, v in sorted(rest.items()))
+    return f"{name} {extra}" if extra else name
 
 
 def _label(spec: str) -> tuple[str, float | None]:
@@ -108,15 +155,20 @@ def _zeroshot_rows(ctx, args, tasks, model, tok, model_label, method, label) -> 
     return rows
 
 
+def _configs(ctx, args) -> list[tuple[str, str | None, dict]]:
+    if args.acc_configs:
+        return [parse_config(c) for c in args.acc_configs]
+    default = ["magnitude", "wanda"] if ctx.quick else DEFAULT_METHODS
+    return [(m, None, {}) for m in (args.acc_methods.split(",") if args.acc_methods else default)]
+
+
 def run(ctx: RunContext, args) -> None:
     import sparsekit
 
     if ctx.quick:
-        methods = args.acc_methods.split(",") if args.acc_methods else ["magnitude", "wanda"]
         specs = args.sparsities.split(",") if args.sparsities else ["0.5", "2:4"]
         windows, eval_seqlen = 2, 32
     else:
-        methods = args.acc_methods.split(",") if args.acc_methods else DEFAULT_METHODS
         specs = args.sparsities.split(",") if args.sparsities else DEFAULT_SPARSITIES
         windows, eval_seqlen = args.windows, args.eval_seqlen
     tasks = _zeroshot_tasks(ctx, args)
@@ -124,38 +176,49 @@ def run(ctx: RunContext, args) -> None:
     model, tok, calib, text, model_label, text_label = _setup(ctx, args)
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     done = ctx.done(BENCHMARK) | ctx.done(ZEROSHOT)
+    calibration = f"{tuple(calib.shape)[0]}x{tuple(calib.shape)[1]}"
     common = {"model": model_label, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-              "calibration": f"{tuple(calib.shape)[0]}x{tuple(calib.shape)[1]}", "eval_text": text_label,
-              "eval_windows": windows, "eval_seqlen": eval_seqlen}
-    configs = [("dense", "dense", None)] + [(m, *_label(s)) for m in methods for s in specs]
-    for method, label, sparsity in configs:
-        case = f"{model_label}/{method}/{label}"
+              "calibration": calibration, "eval_text": text_label, "eval_windows": windows, "eval_seqlen": eval_seqlen}
+    runs = [("dense", None, {}, "dense", None)] + [
+        (m, alloc, opts, *_label(s)) for s in specs for m, alloc, opts in _configs(ctx, args)]
+    for method, allocation, options, label, sparsity in runs:
+        name = method if method == "dense" else config_label(method, allocation, options, settings=False)
+        full = method if method == "dense" else config_label(method, allocation, options)
+        case = f"{model_label}/{full}/{label}" + ("" if method == "dense" else f"@{calibration}") + f"/{windows}w"
         want_zeroshot = bool(tasks) and ("dense" if method == "dense" else f"{method}:{label}") in zeroshot_configs
-        want_zeroshot = want_zeroshot and any((ZEROSHOT, f"{case}/{t}", method) not in done for t in tasks)
-        if (BENCHMARK, case, method) in done and not want_zeroshot:
+        want_zeroshot = want_zeroshot and any((ZEROSHOT, f"{case}/{t}", name) not in done for t in tasks)
+        if (BENCHMARK, case, name) in done and not want_zeroshot:
             continue
         model.load_state_dict(dense_state)
         params = {**common, "method": method, "sparsity": label}
+        if options or allocation:
+            params.update(options=options, allocation=allocation)
         derived = {}
         try:
             if method != "dense":
+                method_options = dict(options)
+                batch_size = method_options.pop("batch_size", 8)
                 config = sparsekit.PruneConfig(method=method, sparsity=sparsity, pattern=label if sparsity is None else "unstructured",
-                                               device=str(ctx.device))
+                                               device=str(ctx.device), method_options=method_options, allocation=allocation,
+                                               batch_size=batch_size)
                 start = time.perf_counter()
                 report = sparsekit.prune(model, calib, config)
                 derived.update(prune_seconds=time.perf_counter() - start, sparsity_reached=report.sparsity,
+                               load_average=round(os.getloadavg()[0], 1),
+                               pruned_weights=sum(round(r.reached * r.shape[0] * r.shape[1]) for r in report.layers),
+                               total_weights=sum(r.shape[0] * r.shape[1] for r in report.layers),
                                phases={k: float(v) for k, v in report.seconds.items()})
             start = time.perf_counter()
             ppl = sparsekit.perplexity(model, tok, text, seqlen=eval_seqlen, batch_size=4, max_windows=windows, progress=False)
             derived["eval_seconds"] = time.perf_counter() - start
         except Exception as exc:
-            ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, method, describe_exception(exc), status="error",
+            ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, name, describe_exception(exc), status="error",
                                           metric="ppl", unit="", params=params)])
             continue
-        ctx.log(f"accuracy {case}: ppl {ppl:.3f}" + (f" (sparsity {derived['sparsity_reached']:.3f})" if "sparsity_reached" in derived else ""))
-        ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=method, metric="ppl", unit="",
+        ctx.log(f"accuracy {case}: ppl {ppl:.3f}" + (f" (sparsity {derived['sparsity_reached']:.6f})" if "sparsity_reached" in derived else ""))
+        ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=name, metric="ppl", unit="",
                                      median=ppl, params=params, derived=derived)])
         if want_zeroshot:
-            ctx.save(ZEROSHOT, _zeroshot_rows(ctx, args, tasks, model, tok, model_label, method, label))
+            ctx.save(ZEROSHOT, _zeroshot_rows(ctx, args, tasks, model, tok, model_label, name, label))
     del model, dense_state
     free_memory(ctx.device)

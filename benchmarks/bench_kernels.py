@@ -334,16 +334,23 @@ def bench_dsnot(ctx: RunContext, args, shapes) -> None:
         var = torch.rand(k, device=ctx.device) + 0.05
         sq_norm = mean.square() + var + torch.rand(k, device=ctx.device)
         keep = ops.wanda_mask(w, sq_norm, 0.5)
-        for mode in ("official", "error"):
+        factor = torch.randn(k, 256, device=ctx.device) / 16  # a correlated input Hessian: low rank + diagonal
+        hessian = factor @ factor.t() + torch.diag(sq_norm)
+        for mode in ("official", "error", "exact"):
             case = f"dsnot/{n}x{k}/unstructured50/{mode}"
             params = {"N": n, "K": k, "pattern": "unstructured 0.5, Wanda initial mask", "dtype": args.kernel_dtype,
                       "mode": mode, "max_cycles": 50, "threshold": 0.1, "seqlen": tokens}
 
             def make(b, mode=mode, args=(w, keep, mean, var, sq_norm)):
                 dsnot = optional_attr("sparsekit.ops", "dsnot", "needs the DSnoT work")
-                return lambda: call_with_supported(dsnot, *args, max_cycles=50, threshold=0.1, mode=mode, seqlen=tokens, backend=b)
+                if mode == "exact" and b != "torch":
+                    raise Skip("DSnoT mode='exact' has only the torch implementation (vectorised over rows, runs on GPU tensors)")
+                extra = {"hessian": hessian} if mode == "exact" else {}
+                return lambda: call_with_supported(dsnot, *args, max_cycles=50, threshold=0.1, mode=mode, seqlen=tokens,
+                                                   backend=b, **extra)
             nbytes = w.numel() * w.element_size() + 2 * w.numel()  # read W and the mask, write the mask
             ctx.save(BENCHMARK, _time_op(ctx, case, params, make, nbytes))
+        del hessian, factor
     free_memory(ctx.device)
 
 

@@ -35,8 +35,8 @@ def _plt():
 
 
 def _title(rows: list[BenchRow]) -> str:
-    kind = "CPU" if rows[0].device_kind == "cpu" else "GPU"
-    return f"{rows[0].device} ({kind})"
+    device = rows[0].device
+    return device if device.startswith("CPU") else f"GPU: {device}"
 
 
 def plot_speedup(rows: list[BenchRow], path: Path) -> Path | None:
@@ -102,20 +102,40 @@ def plot_decode(rows: list[BenchRow], path: Path) -> Path | None:
     return path
 
 
-def plot_ppl(rows: list[BenchRow], path: Path) -> Path | None:
+def accuracy_groups(rows: list[BenchRow]) -> dict[tuple, list[BenchRow]]:
+    """Successful accuracy rows per (model, calibration, eval windows), each with its matching dense row."""
     rows = [r for r in rows if r.benchmark == "accuracy" and r.status == "ok"]
-    if not rows:
-        return None
+    groups: dict[tuple, list[BenchRow]] = {}
+    for r in rows:
+        if r.provider != "dense":
+            groups.setdefault((r.params.get("model"), r.params.get("calibration"), r.params.get("eval_windows")), []).append(r)
+    for (model, _, windows), members in groups.items():
+        dense = [r for r in rows if r.provider == "dense" and (r.params.get("model"), r.params.get("eval_windows")) == (model, windows)]
+        members[:0] = dense[-1:]
+    return groups
+
+
+def plot_ppl(rows: list[BenchRow], path: Path) -> list[Path]:
+    """One plot per accuracy group; the largest keeps `path`, others get a calibration/windows suffix."""
+    groups = sorted(accuracy_groups(rows).items(), key=lambda kv: -len(kv[1]))
+    written = []
+    for i, ((model, calibration, windows), members) in enumerate(groups):
+        target = path if i == 0 else path.with_name(f"{path.stem}_{model}_{calibration}_{windows}w{path.suffix}")
+        written.append(_plot_ppl_group(members, target, f"calibration {calibration}, {windows} eval windows"))
+    return written
+
+
+def _plot_ppl_group(rows: list[BenchRow], path: Path, subtitle: str) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = {"2:4": "s", "4:8": "^"}
     offsets = {"2:4": 0.012, "4:8": 0.024}  # N:M points sit beside the unstructured point of equal sparsity
     for i, method in enumerate(dict.fromkeys(r.provider for r in rows if r.provider != "dense")):
         mine = [r for r in rows if r.provider == method]
         unstructured = sorted((float(r.params["sparsity"]), r.median) for r in mine if ":" not in r.params["sparsity"])
-        color = f"C{i}"
+        color, style = f"C{i % 10}", "-" if i < 10 else "--"
         if unstructured:
-            ax.plot(*zip(*unstructured), marker="o", color=color, label=method)
+            ax.plot(*zip(*unstructured), marker="o", color=color, ls=style, label=method)
         for r in mine:
             label = r.params["sparsity"]
             if ":" in label:
@@ -130,7 +150,7 @@ def plot_ppl(rows: list[BenchRow], path: Path) -> Path | None:
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{rows[0].params.get('model')}: perplexity vs sparsity\n{_title(rows)}", fontsize=9)
+    ax.set_title(f"{rows[-1].params.get('model')}: perplexity vs sparsity ({subtitle})\n{_title(rows)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -169,9 +189,8 @@ def make_plots(results_dir, out=None, quick: bool = False) -> list[Path]:
         folder = Path(out) / slug if out else Path(results_dir) / slug / ("quick/plots" if quick else "plots")
         folder.mkdir(parents=True, exist_ok=True)
         for name, fn in PLOTS.items():
-            path = fn(rows, folder / name)
-            if path:
-                written.append(path)
+            paths = fn(rows, folder / name)
+            written.extend(paths if isinstance(paths, list) else [paths] if paths else [])
     return written
 
 

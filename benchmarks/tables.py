@@ -2,14 +2,16 @@
 
 In README.md, each table lives between two markers; everything between them is replaced:
 
-    <!-- bench:NAME [device=SLUG] [ms=1,16,64] -->
+    <!-- bench:NAME [device=SLUG] [ms=1,16,64] [key=value ...] -->
     ...generated...
     <!-- /bench:NAME -->
 
 NAME is one of TABLES (kernels, kernel-ops, decode, prune-time, accuracy, zeroshot). Kernel and
 decode tables use GPU results only (the newest GPU device unless device= picks one); the others
 show each device's results under its own heading, CPU labelled as such. Every table ends with
-where its numbers come from (device, versions, commit, date, command).
+where its numbers come from (device, versions, commit, date, command). The accuracy table takes
+filters on its rows' params (calibration=32x256 eval_windows=64), methods="A;B" (these rows, in this
+order), sparsities=0.5,2:4 (these columns) and relative_to=Wanda (each cell also shows its change vs that row).
 
     python -m benchmarks tables --readme README.md           # rewrite in place (atomic)
     python -m benchmarks tables --readme README.md --check   # exit 1 if the README is stale
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -51,8 +54,8 @@ def load_results(root, quick: bool = False) -> dict[str, list[BenchRow]]:
         slug = path.parent.parent.name if quick else path.parent.name
         try:
             rows = load_rows(path)
-        except ValueError as exc:  # a file some other script wrote in its own format
-            print(f"tables: skipping {path}: not in the benchmarks.schema format ({exc})", file=sys.stderr)
+        except ValueError:  # a file some other script wrote in its own format
+            print(f"note: skipping {path}: not in the benchmarks.schema row format", file=sys.stderr)
             continue
         out.setdefault(slug, []).extend(rows)
     return {slug: latest(rows) for slug, rows in out.items()}
@@ -80,11 +83,12 @@ def provenance(rows: list[BenchRow]) -> str:
     newest = max(ok, key=lambda r: r.timestamp)
     label = newest.device if newest.device.startswith("CPU") else f"GPU: {newest.device}"
     versions = f"torch {newest.torch}" + (f", triton {newest.triton}" if newest.triton else "") + (f", CUDA {newest.cuda}" if newest.cuda else "")
-    commits = sorted({r.git_commit[:12] for r in ok})
+    commits = sorted({r.git_commit[:12] + ("+dirty" if r.git_commit.endswith("+dirty") else "") for r in ok})
     dates = sorted({r.timestamp[:10] for r in ok})
     span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    return (f"<sub>{label}; {versions}; commit {', '.join(commits)}; {span}; "
-            f"`{newest.command}`</sub>")
+    commands = {r.command for r in ok}
+    how = f"`{newest.command}`" if len(commands) == 1 else f"{len(commands)} commands, the newest `{newest.command}`"
+    return f"<sub>{label}; {versions}; commit {', '.join(commits)}; {span}; {how}</sub>"
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
@@ -223,24 +227,53 @@ def _sparsity_key(label: str):
     return (1, label) if ":" in label else (0, float(label))
 
 
+def _matches(row: BenchRow, filters: dict[str, str]) -> bool:
+    """Marker filters on params (calibration=32x256 eval_windows=64 ...); the dense row has no calibration."""
+    return all(row.provider == "dense" and key == "calibration" or str(row.params.get(key)) == value
+               for key, value in filters.items())
+
+
 def table_accuracy(results, opts) -> str:
     by_device = _rows(results, "accuracy", opts.get("device"))
     if not by_device:
         return _no_results("accuracy", "run `python -m benchmarks accuracy`")
     slug = opts.get("device") or max(by_device, key=lambda s: len(by_device[s]))
-    rows = [r for r in by_device[slug] if "model" not in opts or r.params.get("model") == opts["model"]]
+    filters = {k: v for k, v in opts.items() if k not in ("device", "ms", "methods", "sparsities")}
+    rows = [r for r in by_device[slug] if _matches(r, filters)]
+    if "methods" in opts:  # "Wanda;DSnoT (official)": these rows, in this order
+        order = {m: i for i, m in enumerate(["dense", *opts["methods"].split(";")])}
+        rows = sorted((r for r in rows if r.provider in order), key=lambda r: order[r.provider])
+    if "sparsities" in opts:
+        rows = [r for r in rows if r.provider == "dense" or r.params["sparsity"] in opts["sparsities"].split(",")]
     ok = [r for r in rows if r.status == "ok"]
     if not ok:
         return _no_results("accuracy", "every configuration failed; see the results file")
-    dense = next((r for r in ok if r.provider == "dense"), None)
+    dense = next((r for r in reversed(ok) if r.provider == "dense"), None)
     labels = sorted({r.params["sparsity"] for r in ok if r.provider != "dense"}, key=_sparsity_key)
     methods = list(dict.fromkeys(r.provider for r in ok if r.provider != "dense"))
     index = {(r.provider, r.params["sparsity"]): r for r in ok}
-    body = [[m] + [_fmt(index[(m, s)].median, 2) if (m, s) in index else "–" for s in labels] for m in methods]
-    p = ok[0].params
+    base = opts.get("relative_to")
+
+    def cell(m, s):
+        if (m, s) not in index:
+            return "–"
+        text = _fmt(index[(m, s)].median, 2)
+        if base and m != base and (base, s) in index:
+            text += f" ({(index[(m, s)].median / index[(base, s)].median - 1) * 100:+.1f}%)"
+        return text
+
+    body = [[m] + [cell(m, s) for s in labels] for m in methods]
+    p = next(r for r in ok if r.provider != "dense").params if len(ok) > 1 else ok[0].params
     head = (f"Perplexity of {p.get('model')} ({p.get('dtype')}) on {p.get('eval_windows')} windows × {p.get('eval_seqlen')} tokens of "
             f"{p.get('eval_text')}; calibration {p.get('calibration')}." + (f" Dense: **{dense.median:.2f}**." if dense else ""))
-    return _join(head, _md_table(["method"] + labels, body), _notes(rows), provenance(rows))
+    return _join(head, _md_table(["method"] + labels, body), _reached(ok), _notes(rows), provenance(rows))
+
+
+def _reached(rows: list[BenchRow]) -> str:
+    """How far each unstructured run's reached sparsity is from its target (N:M is exact by construction)."""
+    gaps = [abs(r.derived["sparsity_reached"] - float(r.params["sparsity"])) for r in rows
+            if r.provider != "dense" and ":" not in r.params["sparsity"] and "sparsity_reached" in r.derived]
+    return f"Reached sparsity: within {max(gaps):.2e} of the target in every unstructured run." if gaps else ""
 
 
 def table_zeroshot(results, opts) -> str:
@@ -279,10 +312,10 @@ TABLES: dict[str, Callable] = {"kernels": table_kernels, "kernel-ops": table_ker
 
 def _options(text: str) -> dict[str, str]:
     opts = {}
-    for item in text.split():
+    for item in shlex.split(text):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"marker option {item!r} must be key=value (device=..., ms=..., model=...)")
+            raise ValueError(f"marker option {item!r} must be key=value (device=..., ms=..., methods=\"A;B\", ...)")
         opts[key] = value
     return opts
 

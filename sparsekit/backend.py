@@ -48,6 +48,10 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
         "torch": "sparsekit.torch_backend.dsnot:dsnot",
         "triton": "sparsekit.triton_kernels.dsnot_swap:dsnot",
     },
+    # DSnoT mode="exact": swaps by the exact change of d H d^T (dense Hessian per layer)
+    "dsnot_exact": {
+        "torch": "sparsekit.torch_backend.dsnot_exact:dsnot_exact",
+    },
     # BESA masked linear, see sparsekit.ops.besa: forward(x2d, weight, ranks, counts) -> y2d;
     # backward(grad_y2d, x2d, weight, ranks, counts, bucket_of_rank, K, need_grad_x) -> (grad_x | None, bins)
     "besa_masked_linear_forward": {

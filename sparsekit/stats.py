@@ -36,16 +36,23 @@ class ActivationStats:
         self._sum_var = torch.zeros_like(self._sum)
 
     def update(self, x: torch.Tensor) -> "ActivationStats":
+        return self.add(self.measure(x))
+
+    def measure(self, x: torch.Tensor) -> tuple:
+        """One chunk's (sum_x, sum_sq, sum_var, sequences), to `add` to one or more accumulators."""
         x = _as_sequences(x, self.in_features, "activations")
         if x.shape[1] == 0:
             raise ValueError("activations hold no tokens (seq length 0)")
-        if self._sum.device != x.device:
-            self._sum, self._sum_sq, self._sum_var = (t.to(x.device) for t in (self._sum, self._sum_sq, self._sum_var))
-        s, sq, var = _backend.call("activation_stats", self.backend, x.device, x)
+        return (*_backend.call("activation_stats", self.backend, x.device, x), x.shape[0])
+
+    def add(self, measured: tuple) -> "ActivationStats":
+        s, sq, var, sequences = measured
+        if self._sum.device != s.device:
+            self._sum, self._sum_sq, self._sum_var = (t.to(s.device) for t in (self._sum, self._sum_sq, self._sum_var))
         self._sum += s.double()
         self._sum_sq += sq.double()
         self._sum_var += var.double()
-        self.nsamples += x.shape[0]
+        self.nsamples += sequences
         return self
 
     def _per_sequence(self, total: torch.Tensor) -> torch.Tensor:
@@ -89,12 +96,20 @@ class HessianStats:
         self._sum = torch.zeros(self.in_features, self.in_features, dtype=torch.float64, device=device)
 
     def update(self, x: torch.Tensor) -> "HessianStats":
+        return self.add(self.measure(x))
+
+    def measure(self, x: torch.Tensor) -> tuple:
+        """One chunk's (sum of x x^T in fp32, sequences), to `add` to one or more accumulators."""
         x = _as_sequences(x, self.in_features, "activations")
-        if self._sum.device != x.device:
-            self._sum = self._sum.to(x.device)
         flat = x.reshape(-1, self.in_features).float()
-        self._sum += flat.t() @ flat
-        self.nsamples += x.shape[0]
+        return flat.t() @ flat, x.shape[0]
+
+    def add(self, measured: tuple) -> "HessianStats":
+        product, sequences = measured
+        if self._sum.device != product.device:
+            self._sum = self._sum.to(product.device)
+        self._sum += product
+        self.nsamples += sequences
         return self
 
     @property

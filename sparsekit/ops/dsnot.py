@@ -6,11 +6,11 @@ import math
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_mask, check_nm, check_same_device, check_vector
+from sparsekit._validate import check_mask, check_nm, check_same_device, check_tensor, check_vector
 from sparsekit.ops.selection import check_weight
 
-MODES = ("official", "error")
-DEFAULT_MODE = "error"
+MODES = ("official", "error", "exact")
+DEFAULT_MODE = "exact"
 
 
 def _check_stat(t, name: str, nonnegative: bool) -> None:
@@ -73,6 +73,8 @@ def dsnot(
     m: int = 0,
     mode: str = DEFAULT_MODE,
     seqlen: int | None = None,
+    hessian: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
     return_error: bool = False,
     backend: str | None = None,
 ):
@@ -88,7 +90,13 @@ def dsnot(
       squared output error  eps^2 + sum over pruned of W^2 (seqlen * sq_norm - mean^2)
       (mean part exact, fluctuations per input feature); needs `seqlen` (tokens per calibration
       sequence); threshold and same_sign are not used.
-    With return_error=True returns (keep, eps) with each row's final eps (float64).
+    mode="exact" (default): each swap is the one that most lowers the row's exact reconstruction
+      error (W0 - W*M) H (W0 - W*M)^T, H = sum over tokens x x^T (`hessian`, e.g. HessianStats.hessian;
+      any positive scale), W0 = `reference` (the dense weight; default `weight`, which differs for
+      SparseGPT's updated values); a row stops at the first swap that would not lower it.
+      mean, var, sq_norm are validated but only H is used; max_cycles bounds the swaps per row.
+    With return_error=True returns (keep, eps) with each row's final eps (float64; for mode='exact' the
+    row's final reconstruction error d H d^T).
     """
     check_weight(weight)
     rows, cols = weight.shape
@@ -109,6 +117,8 @@ def dsnot(
     if n or m:
         check_nm(n, m, cols)
         _check_nm_mask(keep, n, m)
+    if mode == "exact":
+        return _dsnot_exact(weight, keep, hessian, reference, max_cycles, m, return_error, backend)
     error_rule = mode == "error"
     cost_scale = None
     if error_rule:
@@ -125,3 +135,27 @@ def dsnot(
         "dsnot", backend, weight.device, weight, keep, mean.float(), grow_scale, col_norm, eps0,
         max_cycles, threshold, same_sign, n, m, error_rule=error_rule, cost_scale=cost_scale, return_error=return_error,
     )
+
+
+def _dsnot_exact(weight, keep, hessian, reference, max_cycles, m, return_error, backend):
+    cols = weight.shape[1]
+    if hessian is None:
+        raise ValueError("mode='exact' needs hessian= (in, in), e.g. HessianStats.hessian of the layer's input")
+    check_tensor(hessian, "hessian", ndim=2, float_dtype=False)
+    if not hessian.is_floating_point():
+        raise TypeError(f"hessian must be a floating tensor, got {hessian.dtype}")
+    if tuple(hessian.shape) != (cols, cols):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}; expected ({cols}, {cols}) for a weight with {cols} input features")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("hessian contains NaN/Inf; recollect the calibration statistics (HessianStats)")
+    if reference is None:
+        reference = weight
+    check_tensor(reference, "reference", ndim=2)
+    if reference.shape != weight.shape:
+        raise ValueError(f"reference has shape {tuple(reference.shape)}; it must be the dense weight, shape {tuple(weight.shape)}")
+    check_same_device(weight=weight, hessian=hessian, reference=reference)
+    keep = _backend.call("dsnot_exact", backend, weight.device, weight, keep, hessian, reference, max_cycles, m)
+    if not return_error:
+        return keep
+    d = reference.double() - torch.where(keep, weight.double(), torch.zeros((), dtype=torch.float64, device=weight.device))
+    return keep, ((d @ hessian.double()) * d).sum(dim=1)

@@ -30,8 +30,8 @@ def magnitude_score(weight: torch.Tensor, *, backend: str | None = None) -> torc
 def wanda_score(weight: torch.Tensor, sq_norm: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Wanda's |W_ij| * sqrt(sq_norm_j) in fp32, weight (out, in), sq_norm (in,) from ActivationStats."""
     check_weight(weight)
-    check_sq_norm(sq_norm, weight.shape[1])
     check_same_device(weight=weight, sq_norm=sq_norm)
+    check_sq_norm(sq_norm, weight.shape[1])
     return _backend.call("wanda_score", backend, weight.device, weight, sq_norm)
 
 
@@ -74,7 +74,7 @@ def wanda_mask(
 ) -> torch.Tensor:
     """select_mask(wanda_score(weight, sq_norm), ...) in one call (fused on the Triton backend)."""
     check_weight(weight)
-    check_sq_norm(sq_norm, weight.shape[1])
     check_same_device(weight=weight, sq_norm=sq_norm)
+    check_sq_norm(sq_norm, weight.shape[1])
     sparsity, n, m = resolve_pattern(sparsity, n, m, weight.shape[1], rows=weight.shape[0])
     return _backend.call("wanda_mask", backend, weight.device, weight, sq_norm, sparsity, n, m)

@@ -142,7 +142,7 @@ def prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig | Non
                 if result.weight is not None:
                     view.set_weight(result.weight)
                 view.apply_mask(result.keep)
-                reached = 1.0 - result.keep.float().mean().item()
+                reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
                 report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds))
             last = index == len(blocks) - 1
             if not last:

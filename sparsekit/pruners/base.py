@@ -77,21 +77,29 @@ class BlockContext:
             HessianStats(v.in_features, device=self.device) if hessian else None,
         ) for v in self.layers}
 
+        # q/k/v (and gate/up) receive the same input tensor: measure it once, add it to each layer
+        latest = {"x": None, "measured": {}}
+
         def hook_for(view: LayerView):
             def hook(module, args, output):
-                x = args[0].detach()
-                check_finite(x, f"layer {view.name}")
+                x = args[0]
+                if latest["x"] is not x:
+                    check_finite(x, f"layer {view.name}")
+                    latest.update(x=x, measured={})
+                x = x.detach()
                 entry = stats[view.name]
-                if entry.activations is not None:
-                    entry.activations.update(x)
-                if entry.hessian is not None:
-                    entry.hessian.update(x)
+                for kind, acc in (("activations", entry.activations), ("hessian", entry.hessian)):
+                    if acc is not None:
+                        if kind not in latest["measured"]:
+                            latest["measured"][kind] = acc.measure(x)
+                        acc.add(latest["measured"][kind])
             return hook
 
         if activations or hessian:
             with self.timer("statistics"):
                 self.forward({v.module: hook_for(v) for v in self.layers})
                 _reduce_across_ranks(stats)
+            latest.update(x=None, measured={})
         return stats
 
 

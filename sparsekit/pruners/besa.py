@@ -25,6 +25,7 @@ import torch
 
 from sparsekit import ops
 from sparsekit.allocation.budget import budget_count, project_row_counts
+from sparsekit.ops.dsnot import DEFAULT_MODE as DSNOT_DEFAULT_MODE
 from sparsekit.ops.besa import expected_sparsity, prune_counts, reachable_sparsity, target_log_prior
 from sparsekit.pruners.base import BlockContext, LayerResult, Pruner
 from sparsekit.torch_backend.sparsegpt import _inverse_cholesky
@@ -64,7 +65,8 @@ class BesaPruner(Pruner):
     beta: float = _option(5.0, "sparsity penalty weight (paper's scripts: 5)")
     optimizer: str = _option("prodigy", "prodigy (paper, lr 1) or adamw (lr 1e-2)")
     lr: float | None = _option(None, "learning rate (default: 1 for prodigy, 1e-2 for adamw)", parse=float)
-    d_coef: float = _option(5.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise)")
+    d_coef: float = _option(50.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise with 128 steps per block; with "
+                                  "tens of steps 5 leaves the allocation uniform, 50 learns one: see README)")
     sparsity_step: float = _option(0.01, "spacing of the candidate sparsities (0.01: 101 candidates)")
     sigmoid: bool = _option(True, "p = softmax(sigmoid(logits) + prior), the paper's smoothing: each probability "
                                   "stays within a factor e of the prior's")
@@ -115,7 +117,7 @@ class BesaPruner(Pruner):
                 raise ValueError("besa learns unstructured per-row / per-layer sparsity; N:M patterns are not "
                                  "supported (use --pattern unstructured, or wanda/sparsegpt for N:M)")
         need_activations = "wanda" in (self.metric, self.row_method) or self.row_method == "dsnot"
-        need_hessian = "sparsegpt" in (self.metric, self.row_method)
+        need_hessian = "sparsegpt" in (self.metric, self.row_method) or self._dsnot_mode() == "exact"
         stats = ctx.collect_stats(activations=need_activations, hessian=need_hessian)
         reference = torch.empty_like(ctx.inputs.hidden)
         with ctx.timer("besa_reference"):
@@ -202,6 +204,9 @@ class BesaPruner(Pruner):
         counts = project_row_counts([row_sparsity[n] for n in names], [weights[n].shape[1] for n in names], budget)
         return dict(zip(names, counts))
 
+    def _dsnot_mode(self) -> str | None:
+        return self.row_method_options.get("mode", DSNOT_DEFAULT_MODE) if self.row_method == "dsnot" else None
+
     def _mask(self, weight, ranks, counts, stats, ctx) -> LayerResult:
         backend = ctx.backend
         counts = counts.to(weight.device)
@@ -210,9 +215,12 @@ class BesaPruner(Pruner):
             return LayerResult(own)
         if self.row_method == "dsnot":  # swaps keep every row's count
             acts = stats.activations
+            exact = self._dsnot_mode() == "exact"
+            hessian = stats.hessian.hessian.to(weight.device) if exact else None
             return LayerResult(ops.dsnot(weight, own, acts.mean.to(weight.device), acts.var.to(weight.device),
                                          acts.sq_norm.to(weight.device), seqlen=int(ctx.inputs.hidden.shape[1]),
-                                         backend=backend, **self.row_method_options))
+                                         hessian=hessian, backend=None if exact and backend == "triton" else backend,
+                                         **self.row_method_options))
         sparsity = (counts.double() + 0.25) / weight.shape[1]  # int(cols * s) == count per row
         if self.row_method == "wanda":
             return LayerResult(ops.wanda_mask(weight, stats.activations.sq_norm.to(weight.device), sparsity, backend=backend))

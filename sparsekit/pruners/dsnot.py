@@ -14,8 +14,12 @@ from sparsekit.pruners.base import LayerResult, Pruner
 INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
 # what the official code does when a flag is not given (lib/prune.py + main.py at 4c029df)
 OFFICIAL_DEFAULTS = {"max_cycles": 50, "threshold": 0.1, "skip_layer": "mlp", "same_sign": False}
-# the default ("error") mode: measured on SmolLM2 (see README, "DSnoT")
-ERROR_DEFAULTS = {"max_cycles": 50, "threshold": 0.0, "skip_layer": "none", "same_sign": False}
+# the "error" and default "exact" modes: measured on SmolLM2 (see README, "DSnoT")
+MODE_DEFAULTS = {
+    "official": OFFICIAL_DEFAULTS,
+    "error": {"max_cycles": 50, "threshold": 0.0, "skip_layer": "none", "same_sign": False},
+    "exact": {"max_cycles": 50, "threshold": 0.0, "skip_layer": "none", "same_sign": False},
+}
 
 
 def parse_bool(text: str) -> bool:
@@ -38,8 +42,9 @@ class DSnoTPruner(Pruner):
     initial: str = field(default="wanda", metadata={
         "aliases": ["--initial_method"], "help": f"initial mask: one of {INITIAL_METHODS} (default wanda)"})
     mode: str = field(default=DEFAULT_MODE, metadata={
-        "help": f"one of {MODES}: 'official' reproduces zyxxmu/DSnoT, '{DEFAULT_MODE}' (default) only takes swaps "
-                "that lower the expected squared output error (see sparsekit.ops.dsnot)"})
+        "help": f"one of {MODES}: 'official' reproduces zyxxmu/DSnoT; 'error' takes a swap only if it lowers the "
+                "expected squared output error from mean/variance statistics; 'exact' (default) picks swaps by the exact "
+                "change of the layer's reconstruction error with the input Hessian (see sparsekit.ops.dsnot)"})
     max_cycles: int | None = field(default=None, metadata={
         "aliases": ["--max_cycle_time"], "parse": int, "help": "swaps per row at most (default 50)"})
     threshold: float | None = field(default=None, metadata={
@@ -68,7 +73,7 @@ class DSnoTPruner(Pruner):
             raise ValueError(f"unknown DSnoT initial method {self.initial!r}; choose one of {INITIAL_METHODS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown DSnoT mode {self.mode!r}; choose one of {MODES}")
-        defaults = OFFICIAL_DEFAULTS if self.mode == "official" else ERROR_DEFAULTS
+        defaults = MODE_DEFAULTS[self.mode]
         if self.same_sign is not None and self.without_same_sign is not None and self.same_sign == self.without_same_sign:
             raise ValueError("same_sign and without_same_sign contradict each other; give one of them")
         if self.without_same_sign is not None:
@@ -83,7 +88,7 @@ class DSnoTPruner(Pruner):
 
     @property
     def needs_hessian(self) -> bool:
-        return self.initial == "sparsegpt"
+        return self.initial == "sparsegpt" or self.mode == "exact"
 
     def skipped(self, relative_name: str) -> bool:
         """Whether a layer (name relative to its block, e.g. 'mlp.up_proj') keeps its initial mask."""
@@ -121,9 +126,11 @@ class DSnoTPruner(Pruner):
         weight = new_weight if new_weight is not None else layer.weight
         acts = stats.activations
         device = weight.device
+        hessian = stats.hessian.hessian.to(device) if self.mode == "exact" else None
         keep = ops.dsnot(
             weight, keep, acts.mean.to(device), acts.var.to(device), acts.sq_norm.to(device),
             max_cycles=self.max_cycles, threshold=self.threshold, var_power=self.var_power, same_sign=self.same_sign,
-            n=target.n, m=target.m, mode=self.mode, seqlen=self._seqlen, backend=backend,
+            n=target.n, m=target.m, mode=self.mode, seqlen=self._seqlen, hessian=hessian, reference=layer.weight,
+            backend=None if self.mode == "exact" and backend == "triton" else backend,
         )
         return LayerResult(keep, new_weight)

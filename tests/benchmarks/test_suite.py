@@ -51,7 +51,7 @@ def test_quick_runs_every_benchmark_end_to_end(quick_results):
     prune = {r.provider: r for r in _quick_rows(root, "prune-time")}
     assert prune["wanda"].status == "ok" and {"capture", "statistics", "masks"} <= set(prune["wanda"].derived["phases"])
     accuracy = {(r.provider, r.params["sparsity"]): r for r in _quick_rows(root, "accuracy")}
-    assert accuracy[("dense", "dense")].median > 1 and accuracy[("wanda", "2:4")].derived["sparsity_reached"] == pytest.approx(0.5)
+    assert accuracy[("dense", "dense")].median > 1 and accuracy[("Wanda", "2:4")].derived["sparsity_reached"] == pytest.approx(0.5)
     print(f"quick suite: {seconds:.1f}s")
 
 

@@ -34,7 +34,7 @@ def pruned(method, pattern="unstructured", sparsity=0.5, **options):
 
 @pytest.mark.parametrize("initial", ["wanda", "magnitude", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-@pytest.mark.parametrize("mode", ["official", "error"])
+@pytest.mark.parametrize("mode", ["official", "error", "exact"])
 def test_every_initial_method_and_pattern(initial, pattern, mode):
     model, report = pruned("dsnot", pattern, initial=initial, mode=mode, max_cycles=8, skip_layer="none")
     assert report.sparsity == pytest.approx(0.5)

@@ -71,7 +71,7 @@ def dense_outlier_ratios(model, m=5.0):
     return [outlier_ratio([v.weight.float().abs() * sq[v.name].sqrt() for v in bv], m) for bv in views], views
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "dsnot"])
 def test_owl_end_to_end_matches_a_dense_hand_pass(method):
     model = tiny_llama(layers=3)
     ratios, views = dense_outlier_ratios(model)
