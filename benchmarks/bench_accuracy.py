@@ -72,11 +72,13 @@ def config_label(method: str, allocation: str | None, options: dict, settings: b
     options the name does not cover are appended as key=value (run SETTINGS only if `settings`)."""
     rest = {k: v for k, v in options.items() if settings or k not in SETTINGS}
     name = NAMES.get(method, method)
-    if method == "dsnot":
+    if method == "dsnot":  # named by the effective initial mask and mode: 'DSnoT' = Wanda initial mask
+        from sparsekit.ops.dsnot import DEFAULT_MODE
+
+        mode = rest.pop("mode", DEFAULT_MODE)
         initial = rest.pop("initial", "wanda")
         name = f"{NAMES.get(initial, initial)}+DSnoT" if initial != "wanda" else name
-        mode = rest.pop("mode", None)
-        name += f" ({mode})" if mode else ""
+        name += f" ({mode})" if mode != DEFAULT_MODE else ""
     if method == "besa":
         name = f"BESA-{rest.pop('granularity', 'row')}"
         row_method = rest.pop("row_method", "besa")

@@ -126,30 +126,33 @@ def plot_ppl(rows: list[BenchRow], path: Path) -> list[Path]:
 
 
 def _plot_ppl_group(rows: list[BenchRow], path: Path, subtitle: str) -> Path:
+    """One line per method with at least three unstructured points (one-off variants stay in the tables)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     markers = {"2:4": "s", "4:8": "^"}
-    offsets = {"2:4": 0.012, "4:8": 0.024}  # N:M points sit beside the unstructured point of equal sparsity
-    for i, method in enumerate(dict.fromkeys(r.provider for r in rows if r.provider != "dense")):
+    offsets = {"2:4": 0.006, "4:8": 0.012}  # N:M points sit beside the unstructured point of equal sparsity
+    methods = [m for m in dict.fromkeys(r.provider for r in rows if r.provider != "dense")
+               if sum(1 for r in rows if r.provider == m and ":" not in r.params["sparsity"]) >= 3]
+    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    for i, method in enumerate(methods):
         mine = [r for r in rows if r.provider == method]
         unstructured = sorted((float(r.params["sparsity"]), r.median) for r in mine if ":" not in r.params["sparsity"])
-        color, style = f"C{i % 10}", "-" if i < 10 else "--"
-        if unstructured:
-            ax.plot(*zip(*unstructured), marker="o", color=color, ls=style, label=method)
+        color = colors(i)
+        ax.plot(*zip(*unstructured), marker="o", color=color, label=method)
         for r in mine:
             label = r.params["sparsity"]
             if ":" in label:
                 n, m = (int(v) for v in label.split(":"))
-                ax.scatter([n / m + offsets.get(label, 0.036)], [r.median], marker=markers.get(label, "x"), color=color,
-                           s=50, label=f"{method} {label}")
+                ax.scatter([n / m + offsets.get(label, 0.018)], [r.median], marker=markers.get(label, "x"), color=color,
+                           s=40, label=f"{method} {label}")
     dense = next((r for r in rows if r.provider == "dense"), None)
     if dense:
         ax.axhline(dense.median, color="black", ls="--", lw=1, label=f"dense {dense.median:.2f}")
     ax.set_yscale("log")
-    ax.set_xlabel("sparsity (fraction pruned)")
+    ax.set_xlabel("sparsity (fraction pruned; squares: 2:4)")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{rows[-1].params.get('model')}: perplexity vs sparsity ({subtitle})\n{_title(rows)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

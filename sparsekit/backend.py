@@ -51,6 +51,7 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     # DSnoT mode="exact": swaps by the exact change of d H d^T (dense Hessian per layer)
     "dsnot_exact": {
         "torch": "sparsekit.torch_backend.dsnot_exact:dsnot_exact",
+        "triton": "sparsekit.triton_kernels.dsnot_exact:dsnot_exact",
     },
     # BESA masked linear, see sparsekit.ops.besa: forward(x2d, weight, ranks, counts) -> y2d;
     # backward(grad_y2d, x2d, weight, ranks, counts, bucket_of_rank, K, need_grad_x) -> (grad_x | None, bins)
@@ -81,6 +82,7 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
 # op name -> "module:function" choosing the backend when backend=None: chooser(device, *args, **kwargs)
 # returns a backend name (used if available, else the default order) or None (default order).
 AUTO_CHOOSERS: dict[str, str] = {
+    "dsnot_exact": "sparsekit.ops.dsnot:choose_exact_backend",
     "sparse24_matmul": "sparsekit.sparse24_dispatch:choose_backend",
 }
 

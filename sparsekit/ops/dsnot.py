@@ -90,9 +90,10 @@ def dsnot(
       squared output error  eps^2 + sum over pruned of W^2 (seqlen * sq_norm - mean^2)
       (mean part exact, fluctuations per input feature); needs `seqlen` (tokens per calibration
       sequence); threshold and same_sign are not used.
-    mode="exact" (default): each swap is the one that most lowers the row's exact reconstruction
-      error (W0 - W*M) H (W0 - W*M)^T, H = sum over tokens x x^T (`hessian`, e.g. HessianStats.hessian;
-      any positive scale), W0 = `reference` (the dense weight; default `weight`, which differs for
+    mode="exact" (default): each swap pairs the regrowth and the pruning that lower the row's exact
+      reconstruction error (W0 - W*M) H (W0 - W*M)^T the most (the pair's cross term is included
+      when the swap is tested), H = sum over tokens x x^T (`hessian`, e.g. HessianStats.hessian; any
+      positive scale), W0 = `reference` (the dense weight; default `weight`, which differs for
       SparseGPT's updated values); a row stops at the first swap that would not lower it.
       mean, var, sq_norm are validated but only H is used; max_cycles bounds the swaps per row.
     With return_error=True returns (keep, eps) with each row's final eps (float64; for mode='exact' the
@@ -135,6 +136,11 @@ def dsnot(
         "dsnot", backend, weight.device, weight, keep, mean.float(), grow_scale, col_norm, eps0,
         max_cycles, threshold, same_sign, n, m, error_rule=error_rule, cost_scale=cost_scale, return_error=return_error,
     )
+
+
+def choose_exact_backend(device, weight, keep, hessian, reference, max_cycles, m):
+    """The Triton kernel handles unstructured and power-of-two M; other N:M patterns run in torch."""
+    return "torch" if m & (m - 1) else None
 
 
 def _dsnot_exact(weight, keep, hessian, reference, max_cycles, m, return_error, backend):

@@ -219,7 +219,7 @@ class BesaPruner(Pruner):
             hessian = stats.hessian.hessian.to(weight.device) if exact else None
             return LayerResult(ops.dsnot(weight, own, acts.mean.to(weight.device), acts.var.to(weight.device),
                                          acts.sq_norm.to(weight.device), seqlen=int(ctx.inputs.hidden.shape[1]),
-                                         hessian=hessian, backend=None if exact and backend == "triton" else backend,
+                                         hessian=hessian, backend=backend,
                                          **self.row_method_options))
         sparsity = (counts.double() + 0.25) / weight.shape[1]  # int(cols * s) == count per row
         if self.row_method == "wanda":

@@ -40,7 +40,9 @@ def official_bool(text: str) -> bool:
 @dataclass
 class DSnoTPruner(Pruner):
     initial: str = field(default="wanda", metadata={
-        "aliases": ["--initial_method"], "help": f"initial mask: one of {INITIAL_METHODS} (default wanda)"})
+        "aliases": ["--initial_method"],
+        "help": f"initial mask: one of {INITIAL_METHODS} (default wanda, as the official code; sparsegpt is better "
+                "still with ample calibration, see README)"})
     mode: str = field(default=DEFAULT_MODE, metadata={
         "help": f"one of {MODES}: 'official' reproduces zyxxmu/DSnoT; 'error' takes a swap only if it lowers the "
                 "expected squared output error from mean/variance statistics; 'exact' (default) picks swaps by the exact "
@@ -68,9 +70,6 @@ class DSnoTPruner(Pruner):
     needs_activations = True
 
     def __post_init__(self):
-        self.initial = str(self.initial).lower()
-        if self.initial not in INITIAL_METHODS:
-            raise ValueError(f"unknown DSnoT initial method {self.initial!r}; choose one of {INITIAL_METHODS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown DSnoT mode {self.mode!r}; choose one of {MODES}")
         defaults = MODE_DEFAULTS[self.mode]
@@ -81,6 +80,9 @@ class DSnoTPruner(Pruner):
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        self.initial = str(self.initial).lower()
+        if self.initial not in INITIAL_METHODS:
+            raise ValueError(f"unknown DSnoT initial method {self.initial!r}; choose one of {INITIAL_METHODS}")
         if self.skip_layer.startswith("re:"):
             re.compile(self.skip_layer[3:])
         self._relative_names: dict[int, str] = {}
@@ -131,6 +133,6 @@ class DSnoTPruner(Pruner):
             weight, keep, acts.mean.to(device), acts.var.to(device), acts.sq_norm.to(device),
             max_cycles=self.max_cycles, threshold=self.threshold, var_power=self.var_power, same_sign=self.same_sign,
             n=target.n, m=target.m, mode=self.mode, seqlen=self._seqlen, hessian=hessian, reference=layer.weight,
-            backend=None if self.mode == "exact" and backend == "triton" else backend,
+            backend=backend,
         )
         return LayerResult(keep, new_weight)

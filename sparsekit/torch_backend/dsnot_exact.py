@@ -33,22 +33,34 @@ def _best_pair(grow, prune, keep, m):
     return base + g.gather(1, group[:, None]).squeeze(1), base + q.gather(1, group[:, None]).squeeze(1), score
 
 
-def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0, row_chunk=4096):
+ROW_CHUNK = 4096  # rows refined together (bounds the (rows, in) work tensors)
+
+
+def initial_residual(W, keep, W0, H, row_chunk=ROW_CHUNK):
+    """R = (W0 - W * M) H in float32, computed per chunk of rows exactly as `dsnot_exact` does."""
+    R = torch.empty(W.shape, dtype=torch.float32, device=W.device)
+    for start in range(0, W.shape[0], row_chunk):
+        rows = slice(start, start + row_chunk)
+        R[rows] = (W0[rows] - torch.where(keep[rows], W[rows], torch.zeros_like(W[rows]))) @ H
+    return R
+
+
+def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
     """keep after at most max_cycles exact-error swaps per row; see the module docstring."""
     keep = keep.clone()
     if max_cycles == 0:
         return keep
     H = hessian.to(device=weight.device, dtype=torch.float32)
     diag = H.diagonal()
-    for start in range(0, weight.shape[0], row_chunk):
-        rows = slice(start, start + row_chunk)
-        keep[rows] = _refine_rows(weight[rows].float(), keep[rows], reference[rows].float(), H, diag, max_cycles, m)
+    for start in range(0, weight.shape[0], ROW_CHUNK):
+        rows = slice(start, start + ROW_CHUNK)
+        W = weight[rows].float()
+        R = initial_residual(W, keep[rows], reference[rows].float(), H)
+        keep[rows] = _refine_rows(W, keep[rows], R, H, diag, max_cycles, m)
     return keep
 
 
-def _refine_rows(W, keep, W0, H, diag, max_cycles, m):
-    d = W0 - torch.where(keep, W, torch.zeros_like(W))
-    R = d @ H
+def _refine_rows(W, keep, R, H, diag, max_cycles, m):
     W2diag = W.square() * diag
     rows = torch.arange(W.shape[0], device=W.device)
     active = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)

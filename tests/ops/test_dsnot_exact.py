@@ -97,7 +97,7 @@ def test_zero_cycles_change_nothing():
     (dict(hessian=torch.eye(32, dtype=torch.int64)), TypeError, "hessian must be a floating"),
     (dict(hessian=torch.full((32, 32), float("nan"))), ValueError, "hessian contains NaN"),
     (dict(reference=torch.randn(4, 31)), ValueError, "reference has shape"),
-    (dict(backend="triton"), NotImplementedError, "has no triton backend"),
+    (dict(backend="cuda"), NotImplementedError, "has no cuda backend"),
 ])
 def test_bad_inputs(over, error, match):
     W, keep, stats, H, _ = problem(4, 32, 0.5)

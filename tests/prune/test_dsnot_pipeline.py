@@ -91,6 +91,7 @@ def test_official_flags_are_aliases():
     assert official_bool("False") is True and official_bool("") is False
     assert pruner.skipped("self_attn.q_proj") and not pruner.skipped("mlp.up_proj")
     assert make_pruner("dsnot", mode="official").skip_layer == "mlp"
+    assert make_pruner("dsnot", mode="official").initial == "wanda" and make_pruner("dsnot").initial == "wanda"
     assert make_pruner("dsnot", mode="official", without_same_sign=False).same_sign is True
     assert make_pruner("dsnot", skip_layer="re:self_.*").skipped("self_attn.o_proj")
 
