@@ -281,7 +281,7 @@ def _reached(rows: list[BenchRow]) -> str:
     exact = [m for m, g in gaps.items() if g < 5e-7]
     near = [f"{m} {g:.1e}" for m, g in gaps.items() if g >= 5e-7]
     parts = ([f"exactly the target (to 6 decimals) for {', '.join(exact)}"] if exact else []) + (
-        [f"within {', '.join(near)} of it (whole weights per row or block: int(in·s))"] if near else [])
+        [f"within {', '.join(near)} of the target (whole weights per row or column block: int(in·s))"] if near else [])
     return "Sparsity reached: " + "; ".join(parts) + "."
 
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 import torch
 
 
-def _best_pair(grow, prune, keep, m):
-    """Per row: (g, q, grow_g + prune_q) of the best pair, restricted to one M-group when m > 0."""
-    grow = torch.where(keep, torch.inf, grow)
-    prune = torch.where(keep, prune, torch.inf)
+def _best_pair(grow, prune, m):
+    """Per row: (g, q, grow_g + prune_q) of the best pair (inf marks non-candidates), inside one M-group when m > 0."""
     if not m:
         best_grow, g = grow.min(dim=1)
         best_prune, q = prune.min(dim=1)
@@ -62,16 +60,23 @@ def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
 
 def _refine_rows(W, keep, R, H, diag, max_cycles, m):
     W2diag = W.square() * diag
+    twice_W = 2 * W  # exact, so twice_W * R equals 2 * W * R bit for bit (the kernel's order)
     rows = torch.arange(W.shape[0], device=W.device)
     active = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
     for _ in range(max_cycles):
-        grow = W2diag - 2 * W * R
-        prune = W2diag + 2 * W * R
-        g, q, score = _best_pair(grow, prune, keep, m)
+        cross = twice_W * R
+        grow = (W2diag - cross).masked_fill_(keep, torch.inf)
+        prune = (W2diag + cross).masked_fill_(~keep, torch.inf)
+        g, q, score = _best_pair(grow, prune, m)
         delta = score - 2 * W[rows, g] * W[rows, q] * H[g, q]
         active &= torch.isfinite(delta) & (delta < 0)
         if not active.any():
             break
+        if active.all():
+            keep[rows, g] = True
+            keep[rows, q] = False
+            R += W[rows, q, None] * H[q] - W[rows, g, None] * H[g]
+            continue
         r, g, q = rows[active], g[active], q[active]
         keep[r, g] = True
         keep[r, q] = False
