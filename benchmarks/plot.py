@@ -34,6 +34,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _title(rows: list[BenchRow]) -> str:
     device = rows[0].device
     return device if device.startswith("CPU") else f"GPU: {device}"
@@ -70,10 +77,7 @@ def plot_speedup(rows: list[BenchRow], path: Path) -> Path | None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"2:4 matmul speedup vs cuBLAS dense, bf16\n{_title(rows)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_decode(rows: list[BenchRow], path: Path) -> Path | None:
@@ -96,10 +100,7 @@ def plot_decode(rows: list[BenchRow], path: Path) -> Path | None:
     ax.set_ylabel("decode tokens/s")
     ax.legend()
     ax.set_title(f"{rows[0].params.get('model')} decode\n{_title(rows)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def accuracy_groups(rows: list[BenchRow]) -> dict[tuple, list[BenchRow]]:
@@ -154,10 +155,7 @@ def _plot_ppl_group(rows: list[BenchRow], path: Path, subtitle: str) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{rows[-1].params.get('model')}: perplexity vs sparsity ({subtitle})\n{_title(rows)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_prune_time(rows: list[BenchRow], path: Path) -> Path | None:
@@ -176,10 +174,7 @@ def plot_prune_time(rows: list[BenchRow], path: Path) -> Path | None:
     ax.set_xlabel("seconds")
     ax.legend(fontsize=7)
     ax.set_title(f"pruning time per phase\n{_title(rows)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 PLOTS = {"speedup_vs_m.png": plot_speedup, "decode_tokens.png": plot_decode, "ppl_vs_sparsity.png": plot_ppl,

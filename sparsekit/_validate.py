@@ -15,6 +15,12 @@ def check_tensor(t, name: str, *, ndim: int | None = None, float_dtype: bool = T
         raise TypeError(f"{name} must be a floating tensor (float32/float16/bfloat16), got {t.dtype}; cast it with .float()")
 
 
+def check_square(matrix: torch.Tensor, name: str, size: int) -> None:
+    """A (size, size) matrix over a weight's input features, e.g. a Hessian."""
+    if tuple(matrix.shape) != (size, size):
+        raise ValueError(f"{name} has shape {tuple(matrix.shape)}; expected ({size}, {size}) for a weight with {size} input features")
+
+
 def check_same_device(**tensors: torch.Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:

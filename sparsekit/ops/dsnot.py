@@ -6,7 +6,7 @@ import math
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_mask, check_nm, check_same_device, check_tensor, check_vector
+from sparsekit._validate import check_mask, check_nm, check_same_device, check_square, check_tensor, check_vector
 from sparsekit.ops.selection import check_weight
 
 MODES = ("official", "error", "exact")
@@ -150,8 +150,7 @@ def _dsnot_exact(weight, keep, hessian, reference, max_cycles, m, return_error, 
     check_tensor(hessian, "hessian", ndim=2, float_dtype=False)
     if not hessian.is_floating_point():
         raise TypeError(f"hessian must be a floating tensor, got {hessian.dtype}")
-    if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(f"hessian has shape {tuple(hessian.shape)}; expected ({cols}, {cols}) for a weight with {cols} input features")
+    check_square(hessian, "hessian", cols)
     if not torch.isfinite(hessian).all():
         raise ValueError("hessian contains NaN/Inf; recollect the calibration statistics (HessianStats)")
     if reference is None:

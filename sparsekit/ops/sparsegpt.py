@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_same_device, check_tensor, resolve_pattern
+from sparsekit._validate import check_same_device, check_square, check_tensor, resolve_pattern
 from sparsekit.ops.selection import check_weight
 
 
@@ -32,8 +32,7 @@ def sparsegpt(
     check_weight(weight)
     check_tensor(hessian, "hessian", ndim=2)
     cols = weight.shape[1]
-    if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(f"hessian must be ({cols}, {cols}) for a weight with {cols} input features, got {tuple(hessian.shape)}")
+    check_square(hessian, "hessian", cols)
     check_same_device(weight=weight, hessian=hessian)
     sparsity, n, m = resolve_pattern(sparsity, n, m, cols, rows=weight.shape[0])
     if blocksize < 1 or (m and blocksize % m):
