@@ -203,7 +203,7 @@ def tune_shape(n, k, dtype, ms, providers, args, env, copy_gbps, device, gen) ->
 
 
 def merge_table(path: Path, device_name: str, entries: list[dict], env: dict) -> Path:
-    from sparsekit import sparse24_dispatch
+    from sparsekit.cuda_backend import sparse24_dispatch
 
     table = {"format": sparse24_dispatch.TABLE_FORMAT, "devices": {}}
     if path.exists():
@@ -235,7 +235,7 @@ def print_summary(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    from sparsekit import sparse24_dispatch
+    from sparsekit.cuda_backend import sparse24_dispatch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="weight shapes NxK")

@@ -5,7 +5,7 @@ torch-only machine never imports Triton. `backend=None` picks, in order, the CUD
 (CUDA tensors, extension built), Triton (CUDA tensors, Triton importable), torch. An explicitly
 requested backend that cannot run raises; an auto-selected one that fails to import falls back.
 An op listed in AUTO_CHOOSERS lets a chooser pick by its arguments first (sparse24_matmul: the tuned
-table of sparsekit.sparse24_dispatch, by M, N, K on the device).
+table of sparsekit.cuda_backend.sparse24_dispatch, by M bucket, N, K on the device).
 
 Triton on CPU tensors runs only under the interpreter (TRITON_INTERPRET=1, set before import):
 that is how CI tests the kernels. `SPARSEKIT_BACKEND=torch|triton|cuda` overrides the auto choice.
@@ -83,7 +83,7 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
 # returns a backend name (used if available, else the default order) or None (default order).
 AUTO_CHOOSERS: dict[str, str] = {
     "dsnot_exact": "sparsekit.ops.dsnot:choose_exact_backend",
-    "sparse24_matmul": "sparsekit.sparse24_dispatch:choose_backend",
+    "sparse24_matmul": "sparsekit.cuda_backend.sparse24_dispatch:choose_backend",
 }
 
 
@@ -128,7 +128,8 @@ def cusparselt_available() -> str | None:
     return None
 
 
-def _why_not(backend: str, device: torch.device) -> str | None:
+def why_not(backend: str, device: torch.device) -> str | None:
+    """None when `backend` can run ops on tensors living on `device` here, else the reason it cannot."""
     if backend == "torch":
         return None
     if backend == "triton":
@@ -168,7 +169,7 @@ def _chosen(op: str, impls: dict[str, str], device: torch.device, args: tuple, k
     if chooser is None or os.environ.get("SPARSEKIT_BACKEND"):
         return None
     name = _load(chooser)(device, *args, **kwargs)
-    if name is None or name not in impls or _why_not(name, device) is not None:
+    if name is None or name not in impls or why_not(name, device) is not None:
         return None
     try:
         return name, _load(impls[name])
@@ -190,7 +191,7 @@ def resolve(op: str, backend: str | None, device: torch.device | str, args: tupl
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS} or None for automatic")
         if backend not in impls:
             raise NotImplementedError(f"op {op!r} has no {backend} backend; available: {sorted(impls)}")
-        reason = _why_not(backend, device)
+        reason = why_not(backend, device)
         if reason:
             raise RuntimeError(f"backend={backend!r} cannot run {op!r}: {reason}")
         return backend, _load(impls[backend])
@@ -198,7 +199,7 @@ def resolve(op: str, backend: str | None, device: torch.device | str, args: tupl
     if chosen is not None:
         return chosen
     for name in auto_order(device):
-        if name in impls and _why_not(name, device) is None:
+        if name in impls and why_not(name, device) is None:
             try:
                 return name, _load(impls[name])
             except ImportError:

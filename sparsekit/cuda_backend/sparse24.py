@@ -78,7 +78,7 @@ def sparse24_matmul_cusparselt(x2d: torch.Tensor, values: torch.Tensor, meta: to
 
     alg_id None: the algorithm the tuning table recorded for this shape (0 without one).
     """
-    from sparsekit.sparse24_dispatch import cusparselt_alg_id
+    from sparsekit.cuda_backend.sparse24_dispatch import cusparselt_alg_id
 
     blob = cusparselt_blob(values, meta)
     m, k = x2d.shape

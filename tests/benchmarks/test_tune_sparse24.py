@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks import tune_sparse24
-from sparsekit import sparse24_dispatch
+from sparsekit.cuda_backend import sparse24_dispatch
 from tests.helpers import needs_triton
 
 ROW_KEYS = {"benchmark", "case", "provider", "M", "N", "K", "dtype", "median_us", "p20_us", "p80_us", "device",

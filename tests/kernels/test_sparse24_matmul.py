@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.sparse._semi_structured_conversions import _calculate_meta_reordering_scatter_offsets
 
-from sparsekit import backend, ops, sparse24_dispatch
+from sparsekit import backend, ops
+from sparsekit.cuda_backend import sparse24_dispatch
 from tests.helpers import DTYPES, KERNEL_DEVICE, needs_cuda, needs_triton
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 4e-3}

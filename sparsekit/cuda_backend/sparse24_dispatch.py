@@ -1,19 +1,22 @@
 """Which provider runs sparse24_matmul on CUDA when backend=None: a table measured on the device.
 
-Candidates (backends of the "sparse24_matmul" op): "triton" (the memory-bound kernel, small M), "cuda"
-(sparsekit's mma.sp kernel), "cusparselt" (torch._cslt_sparse_mm on a cached blob) and "cublas"
-(F.linear on the cached dense weight, i.e. exactly dense cuBLAS).
+Candidates (backends of the "sparse24_matmul" op, implemented beside this file in `sparse24.py`):
+"triton" (the memory-bound kernel, small M), "cuda" (sparsekit's compiled kernel), "cusparselt"
+(torch._cslt_sparse_mm on a cached blob) and "cublas" (decompress, then dense cuBLAS).
 
 The table, `sparsekit/tuning/sparse24_matmul.json` (or the file named by SPARSEKIT_SPARSE24_TABLE), is
-written by `benchmarks/tune_sparse24.py` on the device: per device name and dtype, per weight shape (N, K),
+written by `benchmarks/tune_sparse24.py` on the device (`table_from_rows` builds one from its rows): per device name and dtype, per weight shape (N, K),
 the median time of every candidate at several M. For a call (M, N, K):
   * the shape is the measured (N, K) nearest in log scale (exact when measured);
   * each candidate's time at M is interpolated linearly in log-time over log-M between the two measured
     M around it (clamped at the ends), and candidates are ranked by that time;
   * the fastest one that is available here (extension built, cuSPARSELt present, ...) wins.
 "cublas" is measured at every point, so at measured points the pick is never slower than dense cuBLAS.
-Without a table for this device and dtype, the conservative default is "triton" for
-M <= DEFAULT_TRITON_MAX_M and "cublas" above. Decisions are cached per (device, dtype, M, N, K).
+Without a table for this device and dtype (an unmeasured GPU) the default is safe rather than fast:
+"triton" for M <= DEFAULT_TRITON_MAX_M and "cublas" above; never "cusparselt" (it keeps a second
+compressed copy of every weight) unless the table measured it fastest.
+Decisions are cached per (device, dtype, M bucket, N, K): the first call of a bucket decides, with M
+taken as the bucket's top (`m_bucket`), and nothing here runs again for that bucket.
 """
 from __future__ import annotations
 
@@ -33,7 +36,13 @@ OP = "sparse24_matmul"
 CANDIDATES = ("triton", "cuda", "cusparselt", "cublas")
 DEFAULT_TRITON_MAX_M = 64
 TABLE_FORMAT = "sparsekit.sparse24_matmul.tuning/1"
-DEFAULT_TABLE = Path(__file__).resolve().parent / "tuning" / "sparse24_matmul.json"
+DEFAULT_TABLE = Path(__file__).resolve().parent.parent / "tuning" / "sparse24_matmul.json"
+MAX_M_BUCKET = 512
+
+
+def m_bucket(m: int) -> int:
+    """The token-count bucket: the next power of two of M (1, 2, 4, ..., 256), MAX_M_BUCKET for everything above."""
+    return min(1 << (max(1, m) - 1).bit_length(), MAX_M_BUCKET)
 
 
 def table_path() -> Path:
@@ -59,6 +68,51 @@ def reload_table() -> None:
     load_table.cache_clear()
     _choose.cache_clear()
     _alg_id.cache_clear()
+
+
+def _row_fields(row) -> dict | None:
+    """(device, dtype, M, N, K, provider, µs, alg_id) of a successful row: a BenchRow or a tune_sparse24 dict."""
+    if isinstance(row, dict):
+        if row.get("status", "ok") != "ok" or row.get("median_us") is None:
+            return None
+        return {"device": row["device"], "dtype": row["dtype"], "M": row["M"], "N": row["N"], "K": row["K"],
+                "provider": row["provider"], "us": float(row["median_us"]), "alg_id": row.get("cusparselt_alg_id")}
+    if row.status != "ok" or row.median is None:
+        return None
+    scale = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}.get(row.unit)
+    if scale is None:
+        raise ValueError(f"row {row.case!r} [{row.provider}] measures {row.unit!r}, not a time; only time rows make a table")
+    params = row.params
+    return {"device": row.device, "dtype": params["dtype"], "M": params["M"], "N": params["N"], "K": params["K"],
+            "provider": row.provider, "us": row.median * scale, "alg_id": params.get("cusparselt_alg_id")}
+
+
+def table_from_rows(rows) -> dict:
+    """A tuning table from measured rows (BenchRow with params M, N, K, dtype; or tune_sparse24's dicts).
+
+    One entry per (device, dtype, N, K, M) where "cublas" was measured (so a pick is never slower than
+    dense cuBLAS at a measured point); "dense" rows become the entry's `dense_ref`.
+    """
+    points: dict[tuple, dict] = {}
+    for row in rows:
+        f = _row_fields(row)
+        if f is None:
+            continue
+        point = points.setdefault((f["device"], f["dtype"], f["N"], f["K"], f["M"]), {"times_us": {}, "alg_id": 0})
+        name = "dense_ref" if f["provider"] == "dense" else f["provider"]
+        point["times_us"][name] = f["us"]
+        if f["provider"] == "cusparselt" and f["alg_id"] is not None:
+            point["alg_id"] = int(f["alg_id"])
+    table = {"format": TABLE_FORMAT, "devices": {}}
+    for (device, dtype, n, k, m), point in sorted(points.items()):
+        times = point["times_us"]
+        ranked = {p: t for p, t in times.items() if p in CANDIDATES}
+        if "cublas" not in ranked:
+            continue
+        entry = {"dtype": dtype, "N": n, "K": k, "M": m, "times_us": times, "best": min(ranked, key=ranked.get),
+                 "cusparselt_alg_id": point["alg_id"]}
+        table["devices"].setdefault(device, {"entries": []})["entries"].append(entry)
+    return table
 
 
 def write_table(table: dict, path: Path | None = None) -> Path:
@@ -119,12 +173,12 @@ def rank_providers(table: dict, device_name: str, dtype: torch.dtype | str, m: i
 
 
 def default_ranking(m: int) -> list[str]:
-    """No table: the Triton kernel where decode is memory-bound, dense cuBLAS above."""
+    """No table (unmeasured GPU): the Triton kernel where decode is memory-bound, cuBLAS on the decompressed weight above."""
     return ["triton", "cublas"] if m <= DEFAULT_TRITON_MAX_M else ["cublas"]
 
 
 def _available(name: str, device: torch.device) -> bool:
-    return name in _backend.IMPLEMENTATIONS[OP] and _backend._why_not(name, device) is None
+    return name in _backend.IMPLEMENTATIONS[OP] and _backend.why_not(name, device) is None
 
 
 def select(table: dict, device_name: str, dtype: torch.dtype, m: int, n: int, k: int,
@@ -140,19 +194,23 @@ def select(table: dict, device_name: str, dtype: torch.dtype, m: int, n: int, k:
 
 
 @functools.lru_cache(maxsize=8192)
-def _choose(device_index: int, dtype: torch.dtype, m: int, n: int, k: int) -> str | None:
+def _choose(device_index: int, dtype: torch.dtype, bucket: int, n: int, k: int) -> str | None:
     device = torch.device("cuda", device_index)
-    return select(load_table(), torch.cuda.get_device_name(device), dtype, m, n, k,
+    return select(load_table(), torch.cuda.get_device_name(device), dtype, bucket, n, k,
                   lambda name: _available(name, device))
+
+
+def choose_provider(device: torch.device, dtype: torch.dtype, m: int, n: int, k: int) -> str | None:
+    """The provider for (M, N, K) on a CUDA device, decided once per (device, dtype, M bucket, N, K); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _choose(index, dtype, m_bucket(m), n, k)
 
 
 def choose_backend(device, x2d: torch.Tensor, values: torch.Tensor, meta=None, bias=None, **_) -> str | None:
     """backend.AUTO_CHOOSERS hook: the provider for this call on CUDA; None elsewhere (default order)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _choose(index, x2d.dtype, x2d.shape[0], values.shape[0], x2d.shape[1])
+    return choose_provider(torch.device(device), x2d.dtype, x2d.shape[0], values.shape[0], x2d.shape[1])
 
 
 @functools.lru_cache(maxsize=8192)
