@@ -63,6 +63,11 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
         "torch": "sparsekit.torch_backend.besa_mask:besa_masked_linear_backward",
         "triton": "sparsekit.triton_kernels.besa_masked_linear:besa_masked_linear_backward",
     },
+    # optimal weight updates on a mask and the ADMM/ALPS mask-selecting methods, see sparsekit.ops.reconstruct
+    "reconstruct_alps": {"torch": "sparsekit.torch_backend.reconstruct:alps_reconstruct"},
+    "reconstruct_admm": {"torch": "sparsekit.torch_backend.reconstruct:admm_reconstruct"},
+    "admm_prune": {"torch": "sparsekit.torch_backend.reconstruct:admm_prune"},
+    "alps_prune": {"torch": "sparsekit.torch_backend.reconstruct:alps_prune"},
     "compress_24": {
         "torch": "sparsekit.torch_backend.sparse24:compress_24",
     },

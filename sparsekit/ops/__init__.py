@@ -7,6 +7,7 @@ arguments. One file per family of ops; this module re-exports them all.
 """
 from sparsekit.ops.besa import besa_masked_linear, row_ranks
 from sparsekit.ops.dsnot import dsnot
+from sparsekit.ops.reconstruct import admm_prune, alps_prune, reconstruct
 from sparsekit.ops.selection import magnitude_score, select_mask, wanda_mask, wanda_score
 from sparsekit.ops.sparsegpt import sparsegpt
 from sparsekit.ops.sparse24 import compress_24, decompress_24, from_bitmask_24, sparse24_matmul, to_bitmask_24
@@ -21,6 +22,9 @@ __all__ = [
     "wanda_mask",
     "sparsegpt",
     "dsnot",
+    "reconstruct",
+    "admm_prune",
+    "alps_prune",
     "besa_masked_linear",
     "row_ranks",
     "compress_24",
