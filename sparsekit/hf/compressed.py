@@ -17,14 +17,15 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sparsekit import __version__
-from sparsekit.data.cache import atomic_dir, commit_dir
+from sparsekit._io import output_dir
+from sparsekit.hf.saving import protected_inputs
 from sparsekit.hf import compressed_tensors as ct
 from sparsekit.hf.sparsify import set_submodule, sparse_layers
 from sparsekit.hf.state_io import assign, finish, read_json, read_state, save_tensors, skeleton, write_json
@@ -46,10 +47,12 @@ def _dense_state(model: nn.Module, layers: dict[str, SparseLinear24]) -> dict[st
 
 
 def save_pretrained(model: nn.Module, out_dir, tokenizer=None, *, format: str = "sparsekit", max_shard_size="5GB",
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, overwrite: bool = False, protect: dict | None = None) -> Path:
     """Write `model` (sparsified with `sparsekit.sparsify`) to `out_dir` atomically; see the module docstring for formats.
 
-    `extra` is merged into sparsekit.json (e.g. how the model was pruned).
+    `extra` is merged into sparsekit.json (e.g. how the model was pruned). `out_dir` may be new, empty
+    or a previous sparsekit output; anything else needs overwrite=True, and a directory holding the
+    model or the working directory (or a path in `protect`) is always refused.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; choose one of {FORMATS}")
@@ -57,9 +60,8 @@ def save_pretrained(model: nn.Module, out_dir, tokenizer=None, *, format: str = 
     if not layers and format != "dense":
         raise ValueError(f"the model has no SparseLinear24 layers to store as {format!r}: call sparsekit.sparsify(model) "
                          "first, or save it with format='dense' (or sparsekit.save_pruned)")
-    out_dir = Path(out_dir)
-    tmp = atomic_dir(out_dir)
-    try:
+    guarded = {**protected_inputs(model), **(protect or {})}
+    with output_dir(out_dir, overwrite=overwrite, protect=guarded, flag="output directory") as tmp:
         info = {**(extra or {}), "sparsekit_version": __version__}
         if format == "dense":
             model.save_pretrained(tmp, state_dict=_dense_state(model, layers), safe_serialization=True)
@@ -87,11 +89,7 @@ def save_pretrained(model: nn.Module, out_dir, tokenizer=None, *, format: str = 
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / "sparsekit.json", info)
-        commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(os.path.abspath(out_dir))
 
 
 def checkpoint_format(path) -> str:

@@ -8,10 +8,11 @@ from sparsekit.hf.sparsify import sparsify
 
 
 def sparsify_and_save(model, tokenizer, out_dir, *, format: str = "sparsekit", targets=DEFAULT_TARGETS,
-                      ignore=DEFAULT_IGNORE, skip_invalid: bool = False, extra: dict | None = None) -> dict:
+                      ignore=DEFAULT_IGNORE, skip_invalid: bool = False, extra: dict | None = None,
+                      overwrite: bool = False, protect: dict | None = None) -> dict:
     """Swap the 2:4 layers (a no-op for ones already swapped), write `out_dir`, return bytes in memory and on disk."""
     report = sparsify(model, targets, ignore, skip_invalid=skip_invalid)
-    save_pretrained(model, out_dir, tokenizer, format=format, extra=extra)
+    save_pretrained(model, out_dir, tokenizer, format=format, extra=extra, overwrite=overwrite, protect=protect)
     sizes = size_summary(model, out_dir)
     return {"format": format, "out": str(out_dir), "swapped": len(report.swapped), "kept_dense": report.skipped, **sizes}
 

@@ -1,34 +1,52 @@
 """Save a pruned model as a complete HF checkpoint: dense safetensors with zeros + sparsekit.json.
 
 Dense-with-zeros is the format every tool and serving engine reads; `sparsekit.json` records how it
-was pruned. The write goes to a temp dir renamed into place, so a killed run never leaves a
-half-written checkpoint.
+was pruned. The write goes to a temp dir swapped into place (sparsekit._io.output_dir), so a killed run
+never leaves a half-written checkpoint, and a directory sparsekit did not write is never replaced
+without overwrite=True.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from sparsekit import __version__
-from sparsekit.data.cache import atomic_dir, commit_dir
+from sparsekit._io import atomic_write_json, output_dir
 from sparsekit.pipeline.report import PruneReport
 
 
+def protected_inputs(model=None, checkpoint_dir=None, **more) -> dict:
+    """The paths an output directory must never contain: the model's own directory, the run checkpoint, more."""
+    paths = {}
+    source = str(getattr(model, "name_or_path", "") or "")
+    if source and Path(source).exists():
+        paths["the model"] = source
+    if checkpoint_dir:
+        paths["the checkpoint directory"] = str(checkpoint_dir)
+    paths.update({k: v for k, v in more.items() if v})
+    return paths
+
+
 def save_pruned(model, tokenizer, out_dir, report: PruneReport | None = None, extra: dict | None = None,
-                checkpoint_dir=None) -> Path:
+                checkpoint_dir=None, *, overwrite: bool = False, protect: dict | None = None) -> Path:
     """Write the pruned model; a disk-offloaded model (blocks on meta) is assembled from the run's
-    `checkpoint_dir`, one safetensors shard per block, without ever holding it in memory."""
+    `checkpoint_dir`, one safetensors shard per block, without ever holding it in memory.
+
+    `out_dir` may be new, empty or a previous sparsekit output; anything else is refused unless
+    overwrite=True, and a directory holding the model, the checkpoint or the working directory
+    (or a path in `protect`, name -> path) is always refused (sparsekit._io.check_output_dir).
+    """
     from sparsekit.nn import SparseLinear24
 
     if any(isinstance(m, SparseLinear24) for m in model.modules()):
         raise ValueError("the model holds SparseLinear24 layers: save it with sparsekit.save_pretrained(model, dir, tokenizer) "
                          "(compressed) or format='dense' (plain HF checkpoint)")
-    out_dir = Path(out_dir)
-    tmp = atomic_dir(out_dir)
-    try:
+    if any(p.is_meta for p in model.parameters()) and checkpoint_dir is None:
+        raise ValueError("the model's blocks are offloaded to disk: pass the run's checkpoint_dir to save it")
+    guarded = {**protected_inputs(model, checkpoint_dir), **(protect or {})}
+    with output_dir(out_dir, overwrite=overwrite, protect=guarded, flag="save directory") as tmp:
         if any(p.is_meta for p in model.parameters()):
-            if checkpoint_dir is None:
-                raise ValueError("the model's blocks are offloaded to disk: pass the run's checkpoint_dir to save it")
             _save_streamed(model, Path(checkpoint_dir), tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -43,14 +61,8 @@ def save_pruned(model, tokenizer, out_dir, report: PruneReport | None = None, ex
                 layers={r.name: r.reached for r in report.layers},
             )
         meta.update(extra or {})
-        (tmp / "sparsekit.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        commit_dir(tmp, out_dir)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        atomic_write_json(tmp / "sparsekit.json", meta, sort_keys=True)
+    return Path(os.path.abspath(out_dir))
 
 
 def _save_streamed(model, checkpoint_dir: Path, out: Path) -> None:

@@ -26,7 +26,9 @@ def dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    from sparsekit._io import atomic_write_json
+
+    atomic_write_json(path, data, sort_keys=True)
 
 
 def save_tensors(state: dict[str, torch.Tensor], out: Path, max_shard_size) -> dict[str, str]:

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import sparsekit
-from sparsekit.data.cache import atomic_dir, commit_dir
+from sparsekit._io import OUTPUT_MARKER, atomic_dir, commit_dir
 from sparsekit.hf.loading import load_model, parse_dtype
 from tests.helpers import byte_tokenizer, save_tiny_checkpoint, tiny_gpt2
 
@@ -38,6 +38,7 @@ def test_save_is_atomic_when_interrupted(tmp_path):
     final = tmp_path / "ckpt"
     final.mkdir()
     (final / "old.txt").write_text("previous complete checkpoint")
+    (final / OUTPUT_MARKER).write_text("")
 
     class Boom(Exception):
         pass

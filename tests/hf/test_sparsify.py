@@ -300,8 +300,14 @@ def test_overwrites_existing_checkpoint_atomically(pruned_llama, tmp_path):
     out = tmp_path / "ck"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    sparsekit.save_pretrained(model, out)
+    with pytest.raises(ValueError, match="not written by sparsekit"):  # a user directory needs overwrite=True
+        sparsekit.save_pretrained(model, out)
+    assert (out / "stale.txt").exists()
+    sparsekit.save_pretrained(model, out, overwrite=True)
     assert not (out / "stale.txt").exists() and (out / "sparsekit.json").is_file()
+    (out / "stale.txt").write_text("old")
+    sparsekit.save_pretrained(model, out)  # a previous sparsekit output is replaced without it
+    assert not (out / "stale.txt").exists()
     assert json.loads((out / "sparsekit.json").read_text())["format"] == "sparse24"
 
 
