@@ -1,7 +1,17 @@
 """Perplexity over non-overlapping windows (the SparseGPT/Wanda protocol).
 
-The text is tokenised once, cut into numel // seqlen windows of seqlen tokens, and
+The text is tokenised once (no special tokens), cut into windows of seqlen tokens, and
 ppl = exp(mean over all predicted tokens of the next-token NLL).
+
+BOS (`sparsekit.eval.bos`): where the tokenizer adds BOS by default (add_bos="auto"), or with
+add_bos="yes", every window is [BOS] + seqlen - 1 text tokens, so a BOS-trained model (Gemma, LLaMA)
+sees its BOS at position 0 of every window and every text token in the windows is predicted once
+(what lm-eval's rolling log-likelihood computes for a document of up to seqlen - 1 tokens: it
+conditions the first token on the prefix token). Without BOS a window is seqlen text tokens and its
+first token is context only, as in the SparseGPT/Wanda scripts. (Those scripts tokenise with the
+tokenizer's defaults, so for a BOS tokenizer their BOS is at the start of the text only, i.e. in
+window 0: add_bos="auto" differs from them there; SmolLM2, GPT-2, OPT-style vocabularies without a
+default BOS are unaffected.)
 """
 from __future__ import annotations
 
@@ -10,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from sparsekit.eval.bos import bos_prefix, resolve_add_bos
 
 
 def _token_ids(tokenizer, data) -> torch.Tensor:
@@ -26,20 +38,28 @@ def _token_ids(tokenizer, data) -> torch.Tensor:
         raise TypeError(f"perplexity needs text, a list of texts, a token tensor or an HF dataset, got {type(data).__name__}")
     if not text.strip():
         raise ValueError("evaluation text is empty")
-    return tokenizer(text, return_tensors="pt").input_ids[0]
+    return torch.tensor(tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
 
 
-def eval_windows(tokenizer, data, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
-    """(windows, seqlen) token ids: the non-overlapping windows perplexity is computed on."""
+def eval_windows(tokenizer, data, seqlen: int, max_windows: int | None = None, add_bos="auto") -> torch.Tensor:
+    """(windows, seqlen) token ids: the non-overlapping windows perplexity is computed on; with BOS
+    (add_bos: "auto" = the tokenizer's default, "yes", "no") each window is BOS + seqlen - 1 text tokens.
+    A token tensor is taken as text tokens without special tokens."""
     if seqlen < 2:
         raise ValueError(f"seqlen must be >= 2, got {seqlen}")
+    prefix = bos_prefix(tokenizer, resolve_add_bos(tokenizer, add_bos))
     ids = _token_ids(tokenizer, data)
-    windows = ids.numel() // seqlen
+    span = seqlen - len(prefix)
+    windows = ids.numel() // span
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows == 0:
-        raise ValueError(f"evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
-    return ids[: windows * seqlen].reshape(windows, seqlen)
+        raise ValueError(f"evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}"
+                         + (" (BOS + seqlen - 1 text tokens)" if prefix else ""))
+    text = ids[: windows * span].reshape(windows, span)
+    if not prefix:
+        return text
+    return torch.cat([torch.full((windows, 1), prefix[0], dtype=text.dtype), text], dim=1)
 
 
 def next_token_nll(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
@@ -52,9 +72,10 @@ def next_token_nll(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, in
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text_or_dataset, seqlen: int = 2048, batch_size: int = 1,
-               max_windows: int | None = None, device=None, progress: bool = True) -> float:
-    """Perplexity of `model` on non-overlapping `seqlen`-token windows of the text."""
-    ids = eval_windows(tokenizer, text_or_dataset, seqlen, max_windows)
+               max_windows: int | None = None, device=None, progress: bool = True, add_bos="auto") -> float:
+    """Perplexity of `model` on non-overlapping `seqlen`-token windows of the text (BOS first in each
+    window where the tokenizer adds BOS by default, or add_bos="yes"; never with add_bos="no")."""
+    ids = eval_windows(tokenizer, text_or_dataset, seqlen, max_windows, add_bos)
     device = device or next(model.parameters()).device
     nll, count = 0.0, 0
     for start in tqdm(range(0, ids.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):

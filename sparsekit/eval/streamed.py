@@ -20,11 +20,11 @@ from sparsekit.pipeline.placement import Placement
 @torch.no_grad()
 def perplexity_streamed(model, tokenizer, text_or_dataset, placement: Placement, seqlen: int = 2048,
                         batch_size: int = 1, max_windows: int | None = None, device="cpu",
-                        activations_device=None) -> float:
+                        activations_device=None, add_bos="auto") -> float:
     from sparsekit.pipeline.prune import non_block_modules, on_device
 
     device = torch.device(device)
-    ids = eval_windows(tokenizer, text_or_dataset, seqlen, max_windows)
+    ids = eval_windows(tokenizer, text_or_dataset, seqlen, max_windows, add_bos)
     _, blocks = find_blocks(model)
     with on_device(non_block_modules(model, blocks), device):
         placement.onload(0, blocks[0])
