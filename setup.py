@@ -68,7 +68,7 @@ setup(
         "prodigyopt",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "matplotlib"],
+        "test": ["pytest", "hypothesis", "matplotlib", "lm-eval>=0.4.9.2"],  # lm-eval: tests/eval/test_lm_eval_parity.py
         "bench": ["matplotlib"],
         "eval": ["lm-eval"],
     },
