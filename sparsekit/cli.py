@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
     p.add_argument("--blocks", default=None, help="dotted path of the block ModuleList if not found automatically")
     p.add_argument("--backend", default=None, choices=["torch", "triton", "cuda"])
+    p.add_argument("--update", default=None, type=str.lower, choices=["none", "alps", "admm"],
+                   help="re-fit the kept weights after the method's mask (ALPS's CG on the support or fixed-mask ADMM); "
+                        "same as --<method>-update")
     p.add_argument("--allocation", default=None, type=str.lower, choices=["owl"],
                    help="spread --sparsity over blocks first (owl: from the dense model's outlier ratios; unstructured only)")
     p.add_argument("--owl-m", type=float, default=None, help="OWL: a Wanda score above M x mean is an outlier (default 5)")
@@ -239,7 +242,7 @@ def cmd_prune(args) -> dict:
         method=args.method,
         sparsity=args.sparsity if args.sparsity is not None else (None if args.pattern not in ("unstructured", "0:0") else 0.5),
         pattern=args.pattern,
-        method_options=_method_options(args, args.method),
+        method_options={**_method_options(args, args.method), **({"update": args.update} if args.update else {})},
         batch_size=args.batch_size,
         device=device,
         blocks=args.blocks,

@@ -52,9 +52,12 @@ def _scalar_sparsity(sparsity, n, m, cols, rows):
 
 
 def reconstruct(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor, *, method: str = "alps",
-                backend: str | None = None, **options) -> torch.Tensor:
-    """The weights on `keep` (bool, True = kept, shape of weight) that minimise the layer's output error on
-    the calibration inputs; exactly zero off the mask. Returns a tensor in weight's dtype.
+                init: torch.Tensor | None = None, backend: str | None = None, **options) -> torch.Tensor:
+    """The weights on `keep` (bool, True = kept, shape of weight) that minimise the layer's output error
+    ||(weight - W')X||^2 on the calibration inputs; exactly zero off the mask. Returns weight's dtype.
+
+    `init` (alps only): where CG starts, masked to `keep` (default: weight * keep), e.g. SparseGPT's
+    updated weights; the objective stays relative to `weight`.
 
     options, by method (defaults = the official code's): admm: percdamp=0.1, rho=1.0, iters=20;
     alps: damp=0.01, cg_iters=10, rtol=1e-4.
@@ -73,6 +76,14 @@ def reconstruct(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
     for name, value in values.items():
         integer = name in ("iters", "cg_iters")
         _positive(name, value, integer=integer, allow_zero=integer or name == "damp")
+    if init is not None:
+        if method != "alps":
+            raise ValueError("init= applies to method='alps' (CG's start); ADMM starts from the dense weight")
+        check_weight(init, "init")
+        if init.shape != weight.shape:
+            raise ValueError(f"init must have weight's shape {tuple(weight.shape)}, got {tuple(init.shape)}")
+        check_same_device(weight=weight, init=init)
+        values["init"] = init
     return _backend.call("reconstruct_" + method, backend, weight.device, weight, keep, hessian, **values)
 
 

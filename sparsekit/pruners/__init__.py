@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from sparsekit.pruners.admm import AdmmPruner
+from sparsekit.pruners.alps import AlpsPruner
 from sparsekit.pruners.base import BlockContext, LayerResult, LayerStats, LayerTarget, Pruner
 from sparsekit.pruners.besa import BesaPruner
 from sparsekit.pruners.dsnot import DSnoTPruner
@@ -10,12 +12,16 @@ from sparsekit.pruners.magnitude import MagnitudePruner
 from sparsekit.pruners.sparsegpt import SparseGPTPruner
 from sparsekit.pruners.wanda import WandaPruner
 
+BesaPruner.takes_update = False  # BESA learns masks on whole blocks (its own prune_block); no per-layer update
+
 PRUNERS: dict[str, type[Pruner]] = {
     "magnitude": MagnitudePruner,
     "wanda": WandaPruner,
     "sparsegpt": SparseGPTPruner,
     "besa": BesaPruner,
     "dsnot": DSnoTPruner,
+    "admm": AdmmPruner,
+    "alps": AlpsPruner,
 }
 
 
@@ -28,7 +34,9 @@ def make_pruner(method: str, **options) -> Pruner:
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ValueError(f"method {method!r} has no option(s) {unknown}; its options are {sorted(fields) or 'none'}")
-    return cls(**options)
+    pruner = cls(**options)
+    pruner.check_update()
+    return pruner
 
 
 __all__ = ["PRUNERS", "make_pruner", "Pruner", "BlockContext", "LayerResult", "LayerStats", "LayerTarget"]

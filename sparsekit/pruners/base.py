@@ -4,6 +4,11 @@
 `LayerResult` per layer. The default gathers the statistics the method asks for in one forward of
 the dense block and calls `prune_layer` on each layer: Wanda's sequential scheme. Methods that
 work on a whole block (BESA) override `prune_block`.
+
+Every method that prunes layer by layer also takes `update` ("none" | "alps" | "admm"): after its
+mask, the kept weights are set to minimise the layer's output error on the calibration inputs
+(sparsekit.ops.reconstruct, from the dense weights; "alps" starts its CG from the method's own
+weights when it changes them, e.g. SparseGPT's).
 """
 from __future__ import annotations
 
@@ -114,25 +119,64 @@ def _reduce_across_ranks(stats: dict[str, LayerStats]) -> None:
         acc.load_state(state)
 
 
+UPDATES = ("none", "alps", "admm")
+
+
+@dataclass
 class Pruner:
     """Base class; subclasses are dataclasses whose fields are the method's options."""
+
+    update: str = field(default="none", metadata={
+        "help": "weight update on the chosen mask: none, alps (CG on the support, ALPS) or admm (fixed-mask ADMM, "
+                "Boza); see sparsekit.ops.reconstruct"})
+    update_iters: int | None = field(default=None, metadata={
+        "parse": int, "help": "update iterations: CG steps for alps (default 10, as ALPS), ADMM steps for admm (default 20)"})
 
     name = "base"
     needs_activations = False
     needs_hessian = False
     supports_distributed = True  # False for methods that train (their gradients are not reduced)
+    takes_update = True  # False for methods whose prune_block does not run the base's per-layer loop
 
     def prune_layer(self, layer: LayerView, stats: LayerStats, target: LayerTarget, backend: str | None) -> LayerResult:
         raise NotImplementedError
 
+    def check_update(self) -> None:
+        """Raise when `update` is not one of UPDATES or this method cannot take one."""
+        if self.update not in UPDATES:
+            raise ValueError(f"{self.name}: unknown update {self.update!r}; choose one of {UPDATES}")
+        if self.update_iters is not None and (not isinstance(self.update_iters, int) or self.update_iters < 0):
+            raise ValueError(f"{self.name}: update_iters must be an int >= 0, got {self.update_iters!r}")
+        if self.update != "none" and not self.takes_update:
+            raise ValueError(f"method {self.name!r} prunes whole blocks and takes no weight update; use update='none'")
+
+    def updated(self, layer: LayerView, stats: LayerStats, result: LayerResult) -> LayerResult:
+        """`result` with its kept weights re-fitted by ops.reconstruct against the dense weights."""
+        from sparsekit import ops
+
+        weight = layer.weight
+        hessian = stats.hessian.hessian.to(weight.device)
+        options = {}
+        if self.update_iters is not None:
+            options["cg_iters" if self.update == "alps" else "iters"] = self.update_iters
+        if self.update == "alps" and result.weight is not None:
+            options["init"] = result.weight
+        new_weight = ops.reconstruct(weight, result.keep, hessian, method=self.update, **options)
+        return LayerResult(result.keep, new_weight)
+
     def prune_block(self, ctx: BlockContext) -> dict[str, LayerResult]:
-        stats = ctx.collect_stats(self.needs_activations, self.needs_hessian)
+        self.check_update()
+        update = self.update != "none"
+        stats = ctx.collect_stats(self.needs_activations, self.needs_hessian or update)
         results = {}
         for view in ctx.layers:
-            before = ctx.timer.seconds["masks"]
+            before = ctx.timer.seconds["masks"] + ctx.timer.seconds.get("update", 0.0)
             with ctx.timer("masks"):
                 result = self.prune_layer(view, stats[view.name], ctx.targets[view.name], ctx.backend)
-            result.seconds = ctx.timer.seconds["masks"] - before
+            if update:
+                with ctx.timer("update"):
+                    result = self.updated(view, stats[view.name], result)
+            result.seconds = ctx.timer.seconds["masks"] + ctx.timer.seconds.get("update", 0.0) - before
             results[view.name] = result
             stats[view.name] = None  # free Hessians as soon as they are used
         return results

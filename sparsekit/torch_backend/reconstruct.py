@@ -224,13 +224,14 @@ def alps_cg(A, rhs, support, X0, rtol=1e-4, atol=0.0, maxiter=10):
     return X
 
 
-def alps_reconstruct(weight, keep, hessian, damp=0.01, cg_iters=10, rtol=1e-4):
-    """ALPS's support-restricted CG on a given mask, started from the masked weights."""
+def alps_reconstruct(weight, keep, hessian, damp=0.01, cg_iters=10, rtol=1e-4, init=None):
+    """ALPS's support-restricted CG on a given mask, started from init (default: the weights) on the mask."""
     H, d = _normalised(hessian, _work_dtype(weight), damp)
     W = weight.to(H.dtype) * d
     rhs = torch.matmul(W, H).T
     support = keep.T.to(H.dtype)
-    B = alps_cg(H, rhs, support, W.T * support, rtol=rtol, maxiter=cg_iters)
+    start = W if init is None else init.to(H.dtype) * d
+    B = alps_cg(H, rhs, support, start.T * support, rtol=rtol, maxiter=cg_iters)
     return (B.t() / d).to(weight.dtype)
 
 
