@@ -22,9 +22,47 @@ struct Sparse24MmParams {
   int M, N, K;
   Sparse24Dtype dtype;
   int num_sms;
+  int device;  // CUDA device index (per-device one-time kernel attributes)
 };
 
 // Launches on `stream`; returns the launch status (the caller turns it into an exception).
 cudaError_t run_sparse24_mm(const Sparse24MmParams& params, cudaStream_t stream);
+
+// ---- sp24_decode: the few-token (M <= 64) kernel, persistent and stream-K (sp24_decode.cu) ----
+
+constexpr int kSp24DecodeMaxM = 64;
+
+// Same operands as Sparse24MmParams (N % 32 == 0, K % 32 == 0; M <= kSp24DecodeMaxM), plus a workspace
+// of at least sp24_decode_workspace_bytes(num_sms) bytes whose first sp24_decode_flag_bytes(num_sms) bytes
+// are zero before the first call. Every call leaves them zero again (CUDA-graph replay safe). One
+// workspace per stream: two calls running at once must not share one.
+struct Sp24DecodeParams {
+  const void* x;
+  int64_t x_row_stride;  // elements
+  const void* values;
+  const int16_t* meta;
+  const void* bias;  // nullptr: no bias
+  void* out;         // (M, N) contiguous
+  int M, N, K;
+  Sparse24Dtype dtype;
+  int num_sms;              // persistent grid size: min(num_sms, work units)
+  int max_smem_optin;       // cudaDevAttrMaxSharedMemoryPerBlockOptin of the device
+  int device;
+  void* workspace;
+  int64_t workspace_bytes;
+  int rows;    // weight rows per CTA tile: 128 or 256; 0 chooses by M
+  int stages;  // pipeline stages 2..8; 0 chooses by the shared memory and the bytes-in-flight target
+};
+
+int64_t sp24_decode_flag_bytes(int num_sms);
+int64_t sp24_decode_workspace_bytes(int num_sms);
+
+// Launches on `stream`; returns the launch status. cudaErrorInvalidValue when the parameters are out of range.
+cudaError_t run_sp24_decode(const Sp24DecodeParams& params, cudaStream_t stream);
+
+// ---- sp24_decompress: the dense (N, K) weight into `out` (N, K) contiguous (sp24_decompress.cu) ----
+// 16-bit values; N % 32 == 0, K % 32 == 0; values, meta and out 16-byte aligned.
+cudaError_t run_sp24_decompress(const void* values, const int16_t* meta, void* out, int N, int K, int num_sms,
+                                cudaStream_t stream);
 
 }  // namespace sparsekit

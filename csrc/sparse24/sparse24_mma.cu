@@ -26,75 +26,24 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "mma_sp.cuh"
 #include "sparse24.h"
 
 namespace sparsekit {
 namespace {
 
+constexpr int kMaxDevices = 64;
 constexpr int kBK = 64;              // dense K per pipeline stage
 constexpr int kVStride = kBK / 2 + 8;  // elements per shared row of values: 80 bytes
 constexpr int kXStride = kBK + 8;      // elements per shared row of x: 144 bytes
 constexpr uint32_t kPadMeta = 0x44444444u;  // nibble 0b0100 (keep columns 0, 1): a valid code for padded rows
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy global -> shared; src_bytes = 0 fills the destination with zeros.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// Sparse metadata with the two indices of each group in increasing order, which compress_24 guarantees:
-// the ::ordered_metadata form (PTX 8.5, CUDA 12.5+) where the assembler has it.
-#if defined(__CUDACC_VER_MAJOR__) && (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 5))
-#define SPARSEKIT_MMA_SP "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32"
-#else
-#define SPARSEKIT_MMA_SP "mma.sp.sync.aligned.m16n8k32.row.col.f32"
-#endif
-
-template <typename T>
-struct Mma;
-
-template <>
-struct Mma<__half> {
-  template <int kSelector>
-  static __device__ __forceinline__ void sparse(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
-    asm volatile(SPARSEKIT_MMA_SP ".f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, "
-                 "{%0, %1, %2, %3}, %12, %13;\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
-                   "r"(e), "n"(kSelector));
-  }
-  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct Mma<__nv_bfloat16> {
-  template <int kSelector>
-  static __device__ __forceinline__ void sparse(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
-    asm volatile(SPARSEKIT_MMA_SP ".bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, "
-                 "{%0, %1, %2, %3}, %12, %13;\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
-                   "r"(e), "n"(kSelector));
-  }
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-};
+using ptx::cp_async_16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::ldmatrix_x4;
+using ptx::Mma;
+using ptx::smem_addr;
 
 template <int BN_, int BM_, int WARPS_N_, int WARPS_M_, int STAGES_>
 struct TileConfig {
@@ -266,8 +215,13 @@ sparse24_mm_kernel(const T* __restrict__ x, int64_t x_row_stride, const T* __res
 template <typename T, typename Cfg>
 cudaError_t launch(const Sparse24MmParams& p, cudaStream_t stream) {
   auto kernel = sparse24_mm_kernel<T, Cfg>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-  if (err != cudaSuccess) return err;
+  // The shared-memory opt-in is per device; set it once per device, not on every call.
+  static bool opted_in[kMaxDevices] = {};
+  if (p.device < 0 || p.device >= kMaxDevices || !opted_in[p.device]) {
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    if (p.device >= 0 && p.device < kMaxDevices) opted_in[p.device] = true;
+  }
   const dim3 grid((p.N + Cfg::BN - 1) / Cfg::BN, (p.M + Cfg::BM - 1) / Cfg::BM);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(
       static_cast<const T*>(p.x), p.x_row_stride, static_cast<const T*>(p.values), p.meta,
