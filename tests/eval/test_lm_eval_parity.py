@@ -4,6 +4,7 @@ the `test` extra, so these run in CI): per-request log-likelihoods of all seven 
 prepends BOS by default and for one that does not; and perplexity windows against lm-eval's rolling
 log-likelihood."""
 import importlib
+import json
 import math
 
 import pytest
@@ -145,3 +146,18 @@ def test_zeroshot_records_the_bos_choice(tmp_path):
     auto = zs.zeroshot(model, tok, "piqa,boolq", data_root=tmp_path, progress=False)
     off = zs.zeroshot(model, tok, "piqa", data_root=tmp_path, progress=False, add_bos="no")
     assert auto["piqa"]["add_bos"] is True and auto["boolq"]["add_bos"] is True and off["piqa"]["add_bos"] is False
+    assert "Title -- " in auto["boolq"]["note"] and "note" not in auto["piqa"]  # BoolQ's prompt difference travels with it
+
+
+def test_cli_add_bos_follows_the_checkpoint_tokenizer_and_is_recorded(tmp_path):
+    from sparsekit.cli import main
+
+    tiny_llama(vocab=BOS_VOCAB).save_pretrained(tmp_path / "model", safe_serialization=True)
+    byte_tokenizer_with_bos().save_pretrained(tmp_path / "model")
+    text = tmp_path / "text.txt"
+    text.write_text("Some evaluation text for the tiny model. " * 20)
+    for flag, expected in (("auto", True), ("no", False)):
+        js = tmp_path / f"{flag}.json"
+        assert main(["eval", "--model", str(tmp_path / "model"), "--device", "cpu", "--eval-text", str(text), "--seqlen", "32",
+                     "--eval-windows", "2", "--add-bos", flag, "--json", str(js)]) == 0
+        assert json.loads(js.read_text())["eval"]["add_bos"] is expected

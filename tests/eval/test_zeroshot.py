@@ -180,6 +180,7 @@ def test_cli_eval_zeroshot(tmp_path, fake_data, monkeypatch, capsys):
     assert rc == 0
     summary = json.loads(js.read_text())
     assert set(summary["zeroshot"]) == {"piqa", "winogrande"} and "ppl" not in summary
+    assert summary["zeroshot"]["piqa"]["add_bos"] is False  # the byte tokenizer adds no BOS; the choice is recorded
     assert main(["eval", "--model", str(tmp_path / "model"), "--no-ppl"]) == 2
     assert "--no-ppl leaves nothing" in capsys.readouterr().err
 
