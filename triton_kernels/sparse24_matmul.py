@@ -23,6 +23,12 @@ Split-K partials go to an fp32 workspace with atomics; a per-tile counter elects
 reads the sum back while zeroing the workspace (so it stays clean for the next call), adds the bias and
 casts. Without split-K the epilogue writes directly. The weight bytes are 1.125 NK (vs 2 NK dense), so
 at small M the ceiling is 1.78x cuBLAS on H100 (shared/docs/kernels.md §4).
+
+Two ways in. `sparse24_matmul` (the backend implementation) goes through Triton's autotuner and JIT
+launcher: ~100 µs of Python per call. `build_launch_plan` resolves all of that once per (device, dtype,
+M bucket, N, K, bias): the autotuned (or heuristic) config, the compiled kernel, the constexprs and the
+split-K workspace; the returned `LaunchPlan` then costs a few µs per call (output allocation, stream
+lookup, integer grid arithmetic, the compiled kernel's C launcher).
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 import triton.testing
+
+from sparsekit.cuda_backend.sparse24_dispatch import m_bucket
 
 
 def sparse24_matmul_ref(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None):
@@ -104,7 +112,8 @@ def _load_x(x_ptr, offs_m, m_ok, kb, K, stride_xm, stride_xk, offs_k, BLOCK_K: t
     return tl.load(ptrs, mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
 
 
-@triton.jit
+# M varies inside an M bucket, so it must not be specialized (== 1, % 16): one compiled kernel per bucket.
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _sparse24_matmul_kernel(
     # pointers
     x_ptr, values_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, count_ptr,
@@ -214,11 +223,6 @@ def _sparse24_matmul_kernel(
 SPLIT_MAX_M = 256  # split-K (and its fp32 workspace of M x N) only for M up to this
 
 
-def m_bucket(m: int) -> int:
-    """Autotuning bucket of the token count: 1, 2, 4, 8, 16, 32, 64, 128, 256, 512 (everything above)."""
-    return min(triton.next_power_of_2(max(1, m)), 512)
-
-
 def _cfg(bm, bn, bk, split, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split},
                          num_warps=warps, num_stages=stages)
@@ -321,23 +325,76 @@ except TypeError:  # a Triton without the do_bench argument: its default timing
 # ----------------------------------------------------------------------------------------------------------
 # launcher
 
-_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+def _raw_stream(device: torch.device) -> int:
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+class Workspaces:
+    """Zeroed fp32 split-K partial sums and int32 tile counters of one device, one pair per stream.
+
+    Kernels leave both zeroed, so a pair is reused by every call on its stream (and by CUDA-graph replays).
+    Buffers grow only in `ensure`, which launch plans call when they are built (before any capture); grown-out
+    buffers are kept alive because a captured graph may still point at them. A stream first seen during
+    capture (torch.cuda.graph captures on its own stream) uses the first stream's pair: capture allocates nothing.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.elements = 1 << 16
+        self.tiles = 1024
+        self.by_stream: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._retired: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _new_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.zeros(self.elements, dtype=torch.float32, device=self.device),
+                torch.zeros(self.tiles, dtype=torch.int32, device=self.device))
+
+    def ensure(self, elements: int, tiles: int, stream: int) -> None:
+        """Room for `elements` partial sums and `tiles` counters on every known stream and on `stream`."""
+        if elements > self.elements or tiles > self.tiles:
+            if _capturing(self.device):
+                raise RuntimeError(
+                    "the 2:4 Triton kernel needs a larger split-K workspace inside CUDA-graph capture; "
+                    "run the model once eagerly at this batch size before capturing")
+            self.elements, self.tiles = max(elements, self.elements), max(tiles, self.tiles)
+            self._retired.extend(self.by_stream.values())
+            self.by_stream = {s: self._new_pair() for s in self.by_stream}
+        if stream not in self.by_stream:
+            self.get(stream)
+
+    def get(self, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = self.by_stream.get(stream)
+        if pair is not None:
+            return pair
+        if _capturing(self.device):
+            if not self.by_stream:
+                raise RuntimeError("the 2:4 Triton kernel's first call on this device is inside CUDA-graph capture; "
+                                   "run the model once eagerly before capturing")
+            return next(iter(self.by_stream.values()))
+        pair = self.by_stream[stream] = self._new_pair()
+        return pair
+
+
+_WORKSPACES: dict[torch.device, Workspaces] = {}
+
+
+def workspaces(device: torch.device) -> Workspaces:
+    store = _WORKSPACES.get(device)
+    if store is None:
+        store = _WORKSPACES[device] = Workspaces(device)
+    return store
 
 
 def _workspace(device: torch.device, elements: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed fp32 split-K workspace and tile counters, per (device, stream); kernels leave them zeroed.
-
-    Make one call outside CUDA-graph capture first (a warm-up), so the buffers are not graph-private.
-    """
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    ws, count = _WORKSPACES.get(key, (None, None))
-    if ws is None or ws.numel() < elements:
-        ws = torch.zeros(max(elements, 1 << 16), dtype=torch.float32, device=device)
-    if count is None or count.numel() < tiles:
-        count = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
-    _WORKSPACES[key] = (ws, count)
-    return ws, count
+    """The split-K workspace of the current stream with room for `elements` and `tiles` (see Workspaces)."""
+    store = workspaces(device)
+    stream = _raw_stream(device)
+    store.ensure(elements, tiles, stream)
+    return store.get(stream)
 
 
 def _autotune_enabled(device: torch.device) -> bool:
@@ -395,3 +452,137 @@ def sparse24_matmul(
 
 def _config_dict(cfg: triton.Config) -> dict:
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# launch plans: the per-call cost of a cached, compiled launch
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _resolve_config(x2d, values, meta, bias, bucket: int) -> tuple[dict, torch.Tensor]:
+    """(config, out of this call): the autotuner's pick for the bucket (tuning now if it has not), else the heuristic."""
+    m, k = x2d.shape
+    n = values.shape[0]
+    if _autotune_enabled(x2d.device):
+        out = sparse24_matmul(x2d, values, meta, bias)
+        return _config_dict(_autotuned_kernel.best_config), out
+    cfg = _config_dict(_heuristic_config(bucket, n, k))
+    return cfg, sparse24_matmul(x2d, values, meta, bias, config=cfg)
+
+
+def _compile(x2d, values, meta, bias_arg, out, ws, count, scalars: tuple, cfg: dict, flags: dict):
+    """The compiled kernel (Triton's JIT cache; compiles on a miss) for these arguments' specialization."""
+    return _sparse24_matmul_kernel.warmup(
+        x2d, values, meta, bias_arg, out, ws, count, *scalars, grid=(1,),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=cfg["SPLIT_K"],
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3), **flags)
+
+
+def _is_standard(t: torch.Tensor) -> bool:
+    return t.is_contiguous() and t.data_ptr() % 16 == 0
+
+
+class LaunchPlan:
+    """The Triton kernel for one (device, dtype, M bucket, N, K, bias or not), resolved once.
+
+    `plan(x, values, meta, bias)` returns x @ W.T (+ bias) with shape (..., N) for x (..., K) whose row count
+    is in the plan's bucket (>= 1). Contract (checked by the caller, e.g. SparseLinear24 when its buffers
+    change): values, meta and bias have the plan's dtype, device and shapes and are contiguous and 16-byte
+    aligned (the compiled kernel is specialized on that). An x that is not contiguous and 16-byte aligned,
+    or a current CUDA device other than the plan's, takes the general launcher with the plan's config.
+    """
+
+    __slots__ = ("device", "device_index", "n", "k", "bucket", "config", "block_m", "grid_n", "split", "constexprs",
+                 "launch", "function", "packed_metadata", "workspaces", "raw_stream", "current_device")
+    standard_operands_only = True
+
+    def __init__(self, device, n, k, bucket, config, compiled, constexprs, store):
+        self.device = device
+        self.device_index = device.index if device.index is not None else 0
+        self.n, self.k, self.bucket, self.config = n, k, bucket, config
+        self.block_m = config["BLOCK_M"]
+        self.grid_n = (n + config["BLOCK_N"] - 1) // config["BLOCK_N"]
+        self.split = config["SPLIT_K"]
+        self.constexprs = constexprs
+        self.launch = compiled.run  # loads the module on first access: done here, not per call
+        self.function = compiled.function
+        self.packed_metadata = compiled.packed_metadata
+        self.workspaces = store
+        self.raw_stream = torch._C._cuda_getCurrentRawStream if device.type == "cuda" else (lambda index: 0)
+        self.current_device = torch._C._cuda_getDevice if device.type == "cuda" else (lambda: 0)
+
+    def __deepcopy__(self, memo):
+        return self  # immutable and shared by every layer of this shape
+
+    def general(self, x, values, meta, bias):
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else _nullcontext():
+            out = sparse24_matmul(x.reshape(-1, self.k), values, meta, bias, config=self.config)
+        return out.reshape(*x.shape[:-1], self.n)
+
+    def __call__(self, x, values, meta, bias):
+        if not x.is_contiguous() or x.data_ptr() & 15 or self.current_device() != self.device_index:
+            return self.general(x, values, meta, bias)
+        n, k = self.n, self.k
+        m = x.numel() // k
+        out = x.new_empty(x.shape[:-1] + (n,))
+        stream = self.raw_stream(self.device_index)
+        pair = self.workspaces.by_stream.get(stream) or self.workspaces.get(stream)
+        self.launch(self.grid_n, (m + self.block_m - 1) // self.block_m, self.split, stream, self.function,
+                    self.packed_metadata, None, None, None,
+                    x, values, meta, values if bias is None else bias, out, pair[0], pair[1],
+                    m, n, k, self.bucket, k, 1, k // 2, n, 1, self.split, *self.constexprs)
+        return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def build_launch_plan(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                      *, compile_kernel=None):
+    """(LaunchPlan for x2d's M bucket, the output of this call). Needs CUDA tensors (not the interpreter).
+
+    Resolves the config (autotuning this bucket now if it has not been), compiles the kernel for standard
+    operands and sizes the workspace for the bucket's largest M. Call it outside CUDA-graph capture.
+    compile_kernel(args, kwargs) -> an object with Triton CompiledKernel's `run`, `function` and
+    `packed_metadata` stands in for Triton's compiler: the CPU tests launch through the interpreter with
+    it, and benchmarks/bench_host_overhead.py stubs the launch to time the Python around it.
+    """
+    device = x2d.device
+    if device.type == "cuda" and _interpreting():
+        raise RuntimeError("launch plans need compiled kernels; under TRITON_INTERPRET=1 use sparse24_matmul")
+    if _capturing(device):
+        raise RuntimeError("the first 2:4 matmul call of this batch-size bucket is inside CUDA-graph capture; run "
+                           "the model once eagerly at this batch size before capturing (reduce-overhead does)")
+    m, k = x2d.shape
+    n = values.shape[0]
+    bucket = m_bucket(m)
+    cfg, out = _resolve_config(x2d, values, meta, bias, bucket)
+    if cfg["SPLIT_K"] > 1 and bucket > SPLIT_MAX_M:
+        cfg = {**cfg, "SPLIT_K": 1}
+    store = workspaces(device)
+    stream = _raw_stream(device)
+    tiles = ((n + cfg["BLOCK_N"] - 1) // cfg["BLOCK_N"]) * ((bucket + cfg["BLOCK_M"] - 1) // cfg["BLOCK_M"])
+    store.ensure(bucket * n if cfg["SPLIT_K"] > 1 else 1, tiles if cfg["SPLIT_K"] > 1 else 1, stream)
+    ws, count = store.get(stream)
+    flags = dict(HAS_BIAS=bias is not None, EVEN_N=n % cfg["BLOCK_N"] == 0, EVEN_K=k % cfg["BLOCK_K"] == 0,
+                 IEEE=x2d.dtype == torch.float32 or (_interpreting() and x2d.dtype == torch.bfloat16))
+    x_std = x2d if _is_standard(x2d) else torch.empty((m, k), dtype=x2d.dtype, device=device)
+    out_std = torch.empty((m, n), dtype=x2d.dtype, device=device)
+    scalars = (m, n, k, bucket, k, 1, k // 2, n, 1)
+    if compile_kernel is None:
+        compiled = _compile(x_std, values, meta, values if bias is None else bias, out_std, ws, count, scalars, cfg, flags)
+    else:
+        compiled = compile_kernel((x_std, values, meta, values if bias is None else bias, out_std, ws, count, *scalars,
+                                   cfg["SPLIT_K"]), dict(**flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                                         BLOCK_K=cfg["BLOCK_K"]))
+    constexprs = (flags["HAS_BIAS"], flags["EVEN_N"], flags["EVEN_K"], flags["IEEE"],
+                  cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
+    return LaunchPlan(device, n, k, bucket, cfg, compiled, constexprs, store), out

@@ -1,9 +1,16 @@
 """SparseLinear24: a Linear whose 2:4-sparse weight is held compressed (values + CUTLASS meta).
 
 Holds `values` (out, in/2) and `meta` int16 (out, in/16) as buffers (plus `bias`), i.e. 0.5625x the
-bytes of a 16-bit dense weight, and computes y = x @ W.T + b with `sparsekit.ops.sparse24_matmul`
-(the best backend for the device). Its forward reads no tensor data on the host, so it runs under
-torch.compile (through the `sparsekit::sparse24_matmul` custom op) and inside CUDA graphs.
+bytes of a 16-bit dense weight, and computes y = x @ W.T + b with the 2:4 matmul (the best backend for
+the device, see `sparsekit.ops.sparse24_launch`).
+
+Host cost per call is close to nn.Linear's: the buffers are validated when they change (construction,
+load_state_dict, .to()/.cuda()/.half() through `_apply`, assignment), not per call, and forward goes
+straight to a launch plan cached per M bucket (provider picked once; for Triton the compiled kernel). A
+call checks only x's dtype, device and last dimension; anything unusual takes the fully checked path,
+which raises a clear error or handles it. Forward reads no tensor data on the host, so it runs under
+torch.compile (fullgraph, through the `sparsekit::sparse24_matmul` custom op) and inside CUDA graphs
+(make one eager call per batch size first: that builds the plan).
 """
 from __future__ import annotations
 
@@ -11,7 +18,14 @@ import torch
 from torch import nn
 
 from sparsekit import backend as _backend
-from sparsekit.ops.sparse24 import DTYPES, check_shape_24, decompress_24, not_24_message, sparse24_matmul
+from sparsekit.cuda_backend.sparse24_dispatch import MAX_M_BUCKET, m_bucket
+from sparsekit.ops import sparse24_launch as _launch
+from sparsekit.ops.sparse24 import (DTYPES, check_compressed, check_matmul_operands, check_shape_24, decompress_24,
+                                    not_24_message)
+from sparsekit.torch_backend.sparse24 import kept_indices
+
+_BUCKET_OF = [0] + [m_bucket(m) for m in range(1, MAX_M_BUCKET + 1)]  # M -> bucket without arithmetic
+_OPERANDS = ("values", "meta", "bias")
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -66,6 +80,8 @@ class SparseLinear24(nn.Module):
         self.register_buffer("values", torch.empty(out_features, in_features // 2, dtype=dtype, device=device))
         self.register_buffer("meta", torch.empty(out_features, in_features // 16, dtype=torch.int16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        self.register_load_state_dict_post_hook(_validate_after_load)
+        self._revalidate(check_content=False)  # empty buffers: nothing to read yet
 
     @classmethod
     def from_linear(cls, linear: nn.Module, *, name: str | None = None, backend: str | None = None,
@@ -82,10 +98,98 @@ class SparseLinear24(nn.Module):
         module.values, module.meta = _backend.call("compress_24", None, weight.device, weight)
         if linear.bias is not None:
             module.bias = linear.bias.detach().to(weight.dtype).clone()
+        module._revalidate(check_content=False)  # compress_24 wrote a valid weight
         return module
 
+    # -- validation, once per change of the buffers ------------------------------------------------------
+
+    def _revalidate(self, check_content: bool) -> None:
+        """Check the buffers against each other and this layer's shape, make them standard, drop the plans.
+
+        check_content also reads meta (a host sync on GPU): every group must store two distinct columns.
+        A failed check leaves the layer refusing to run until its buffers pass (a rejected load_state_dict
+        has already copied the bad tensors in).
+        """
+        self.__dict__["_plans"] = {}
+        self.__dict__["_operands"] = None
+        self.__dict__["_refused"] = True
+        values, meta, bias = self._buffers["values"], self._buffers["meta"], self._buffers["bias"]
+        where = f"SparseLinear24(in_features={self.in_features}, out_features={self.out_features})"
+        if values is None or meta is None:
+            raise ValueError(f"{where} has no values/meta buffers; build it with SparseLinear24.from_linear")
+        try:
+            n, k = check_compressed(values, meta)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+        if (n, k) != (self.out_features, self.in_features):
+            raise ValueError(f"{where}: values/meta hold a ({n}, {k}) weight; this layer needs "
+                             f"({self.out_features}, {self.in_features})")
+        if bias is not None and (bias.shape != (n,) or bias.dtype != values.dtype or bias.device != values.device):
+            raise ValueError(f"{where}: bias must be ({n},) {values.dtype} on {values.device}, got "
+                             f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        for name in _OPERANDS:  # compiled kernels are specialized on contiguous, 16-byte aligned operands
+            t = self._buffers[name]
+            if t is not None and not t.is_meta and (not t.is_contiguous() or t.data_ptr() % 16):
+                self._buffers[name] = t = t.contiguous().clone()
+        if check_content and not meta.is_meta:
+            idx = kept_indices(self._buffers["meta"])
+            if not bool((idx[..., 0] < idx[..., 1]).all()):
+                raise ValueError(f"{where}: meta is corrupt (some group stores the same column twice); it was not "
+                                 "produced by sparsekit.ops.compress_24 for this weight")
+        self.__dict__["_refused"] = False
+        if not values.is_meta:
+            self.__dict__["_operands"] = (self._buffers["values"], self._buffers["meta"], self._buffers["bias"])
+            self.__dict__["_dtype"] = values.dtype
+            self.__dict__["_device"] = values.device
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._revalidate(check_content=False)  # a move or cast keeps the content
+        return result
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in _OPERANDS and "_plans" in self.__dict__:
+            self.__dict__["_plans"] = {}
+            self.__dict__["_operands"] = None  # revalidated on the next call (values and meta change in turn)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_plans": {}}
+
+    # -- forward ----------------------------------------------------------------------------------------
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse24_matmul(x, self.values, self.meta, self.bias, backend=self.backend)
+        if torch.compiler.is_compiling():
+            return _launch.linear(x, self.values, self.meta, self.bias, self.backend)
+        k = self.in_features
+        if self._operands is None or x.dtype is not self._dtype or x.device != self._device or x.ndim == 0 \
+                or x.shape[-1] != k:
+            return self._checked_forward(x)
+        m = x.numel() // k
+        plan = self._plans.get(_BUCKET_OF[m] if m <= MAX_M_BUCKET else MAX_M_BUCKET) if m else None
+        if plan is None:
+            return self._checked_forward(x)
+        return plan(x, *self._operands)
+
+    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every check, then the plan for x's M bucket (built on the first call of the bucket)."""
+        if self._operands is None:
+            self._revalidate(check_content=self._refused)
+        values, meta, bias = self._operands
+        n, k = check_matmul_operands(x, values, meta, bias)
+        x2d = x.reshape(-1, k)
+        m = x2d.shape[0]
+        if m == 0:
+            return x.new_zeros(*x.shape[:-1], n)
+        bucket = m_bucket(m)
+        plan = self._plans.get(bucket)
+        if plan is None:
+            plan, out = _launch.shared_plan(x2d, values, meta, bias, self.backend)
+            self._plans[bucket] = plan
+            if out is not None:
+                return out.reshape(*x.shape[:-1], n)
+        return plan(x, values, meta, bias)
 
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) dense weight with zeros."""
@@ -119,3 +223,8 @@ class SparseLinear24(nn.Module):
         backend = f", backend={self.backend}" if self.backend else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={self.values.dtype}, 2:4 compressed ({self.compressed_bytes() / self.dense_bytes():.4f}x dense){backend}")
+
+
+def _validate_after_load(module: SparseLinear24, incompatible_keys) -> None:
+    """load_state_dict post-hook: refuse buffers that do not form this layer's 2:4 weight."""
+    module._revalidate(check_content=True)

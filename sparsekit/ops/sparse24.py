@@ -12,11 +12,10 @@ tensor with arbitrary strides (M >= 1) and every argument has been validated her
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from sparsekit import backend as _backend
+from sparsekit.ops import sparse24_launch as _launch
 from sparsekit.torch_backend import sparse24 as _ref
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -157,18 +156,6 @@ def check_matmul_operands(x, values, meta, bias) -> tuple[int, int]:
     return n, k
 
 
-@torch.library.custom_op("sparsekit::sparse24_matmul", mutates_args=())
-def _sparse24_matmul_op(
-    x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor], backend: Optional[str]
-) -> torch.Tensor:
-    return _backend.call("sparse24_matmul", backend, x.device, x, values, meta, bias)
-
-
-@_sparse24_matmul_op.register_fake
-def _(x, values, meta, bias, backend):
-    return x.new_empty(x.shape[0], values.shape[0])
-
-
 def sparse24_matmul(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -179,15 +166,16 @@ def sparse24_matmul(
 ) -> torch.Tensor:
     """x @ W.T (+ bias) for x (..., K) and a compressed 2:4 weight W (N, K); returns (..., N) in x's dtype.
 
-    Under torch.compile the call goes through the opaque custom op `sparsekit::sparse24_matmul`
-    (traceable, one graph); in eager mode it dispatches directly, without custom-op overhead.
+    Every argument is validated here (metadata only, no host sync). Under torch.compile the call goes
+    through the opaque custom op `sparsekit::sparse24_matmul` (see `sparsekit.ops.sparse24_launch`);
+    in eager mode it dispatches directly. `SparseLinear24` uses a cheaper path (launch plans).
     """
     n, k = check_matmul_operands(x, values, meta, bias)
     x2d = x.reshape(-1, k)
     if x2d.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], n)
     if torch.compiler.is_compiling():
-        out = _sparse24_matmul_op(x2d, values, meta, bias, backend)
+        out = _launch.sparse24_matmul_op(x2d, values, meta, bias, backend)
     else:
         out = _backend.call("sparse24_matmul", backend, x.device, x2d, values, meta, bias)
     return out.reshape(*x.shape[:-1], n)

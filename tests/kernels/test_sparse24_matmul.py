@@ -116,7 +116,7 @@ def test_triton_split_k_leaves_workspace_clean_and_repeats():
     x = make_x(m, k, torch.float32, KERNEL_DEVICE)
     config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=4)
     first = triton_matmul(x, values, meta, None, config)
-    for ws, count in mod._WORKSPACES.values():
+    for ws, count in mod.workspaces(x.device).by_stream.values():
         assert not ws.any() and not count.any(), "split-K must leave its workspace and counters zeroed"
     second = triton_matmul(x, values, meta, None, config)
     torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)  # atomics may reorder the sum
@@ -132,6 +132,61 @@ def test_triton_through_ops_with_leading_dims():
     out = ops.sparse24_matmul(x, values, meta, backend="triton")
     assert out.shape == (2, 3, n)
     assert_matches(out.view(6, n), x.view(6, k), w, None)
+
+
+class InterpretedKernel:
+    """Triton CompiledKernel's launch interface, running the kernel through the interpreter (CPU)."""
+
+    function = None
+    packed_metadata = None
+
+    def __init__(self):
+        self.grids = []
+
+    def compile(self, args, kwargs):
+        return self
+
+    def run(self, grid_0, grid_1, grid_2, stream, function, packed_metadata, launch_metadata, enter, exit, *args):
+        from sparsekit.triton_kernels.sparse24_matmul import _sparse24_matmul_kernel
+
+        self.grids.append((grid_0, grid_1, grid_2))
+        _sparse24_matmul_kernel[(grid_0, grid_1, grid_2)](*args)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,with_bias", [((96, 320), True), ((64, 1024), False)], ids=["96x320-bias", "64x1024-splitk"])
+def test_launch_plan_matches_reference_across_its_bucket(dtype, shape, with_bias):
+    """A plan built at one M serves every M of its bucket (9..16 here), any leading dims, any x layout."""
+    from sparsekit.triton_kernels import sparse24_matmul as mod
+
+    n, k = shape
+    w = random_24(n, k, dtype, KERNEL_DEVICE, seed=n + k)
+    values, meta = ops.compress_24(w)
+    bias = torch.randn(n).to(dtype).to(KERNEL_DEVICE) if with_bias else None
+    kernel = InterpretedKernel()
+    x = make_x(11, k, dtype, KERNEL_DEVICE)
+    plan, out = mod.build_launch_plan(x, values, meta, bias, compile_kernel=None if x.is_cuda else kernel.compile)
+    assert_matches(out, x, w, bias)
+    assert plan.bucket == 16
+    for m in (9, 16, 12):
+        x = make_x(m, k, dtype, KERNEL_DEVICE, seed=m)
+        assert_matches(plan(x, values, meta, bias), x, w, bias)
+    x3 = make_x(12, k, dtype, KERNEL_DEVICE, seed=7)
+    out3 = plan(x3.view(3, 4, k), values, meta, bias)
+    assert out3.shape == (3, 4, n)
+    assert_matches(out3.view(12, n), x3, w, bias)
+    direct = [9, 16, 12, 12]
+    for layout in ("transposed", "row_slice"):  # not contiguous: the general launcher with the plan's config
+        x = make_x(10, k, dtype, KERNEL_DEVICE, layout)
+        assert_matches(plan(x, values, meta, bias), x, w, bias)
+        direct += [10] if x.is_contiguous() else []  # .to(dtype) may have made a copy
+    if not x.is_cuda:
+        tiles_n = -(-n // plan.config["BLOCK_N"])
+        assert kernel.grids == [(tiles_n, -(-m // plan.block_m), plan.split) for m in direct]
+        assert (plan.split > 1) == (k == 1024), "the 64x1024 case is there to exercise split-K"
+    for ws, count in mod.workspaces(values.device).by_stream.values():
+        assert not ws.any() and not count.any(), "split-K must leave its workspace and counters zeroed"
 
 
 def test_meta_position_matches_torch_reorder():

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from sparsekit.nn import SparseLinear24
-from sparsekit.ops.sparse24 import _sparse24_matmul_op
+from sparsekit.ops.sparse24_launch import sparse24_matmul_op as _sparse24_matmul_op
 
 from tests.helpers import needs_cuda
 
@@ -137,3 +137,145 @@ def test_cuda_graph_capture_and_no_host_sync():
     torch.cuda.synchronize()
     torch.testing.assert_close(out, sparse(x), atol=0, rtol=0)
     assert not torch.equal(out, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# launch plans, validation once, torch.compile of a whole model, CUDA graphs
+
+def sparsified_tiny_llama(dtype=torch.float32):
+    """tiny_llama with every block Linear 2:4-pruned by magnitude and swapped for a SparseLinear24."""
+    from sparsekit import ops
+    from sparsekit.hf.sparsify import sparsify
+    from tests.helpers import tiny_llama
+
+    model = tiny_llama().to(dtype)
+    dense = tiny_llama().to(dtype)
+    with torch.no_grad():
+        for (name, module), (_, twin) in zip(model.named_modules(), dense.named_modules()):
+            if isinstance(module, nn.Linear) and name != "lm_head":
+                module.weight.mul_(ops.select_mask(ops.magnitude_score(module.weight), None, 2, 4))
+                twin.weight.copy_(module.weight)
+    report = sparsify(model)
+    assert len(report.swapped) == 14  # 2 blocks x (q, k, v, o, gate, up, down)
+    return model, dense
+
+
+def count_plan_builds(monkeypatch):
+    from sparsekit.ops import sparse24_launch
+
+    built = []
+    real = sparse24_launch.build_plan
+
+    def spy(x2d, values, meta, bias, backend):
+        built.append(x2d.shape[0])
+        return real(x2d, values, meta, bias, backend)
+
+    monkeypatch.setattr(sparse24_launch, "build_plan", spy)
+    sparse24_launch.clear_plans()
+    return built
+
+
+def test_plans_are_built_once_per_m_bucket_and_stay_exact(monkeypatch):
+    built = count_plan_builds(monkeypatch)
+    lin = pruned_linear(128, 64, torch.float32)
+    sparse = SparseLinear24.from_linear(lin)
+    twin = SparseLinear24.from_linear(pruned_linear(128, 64, torch.float32))  # same shape: shares the plans
+    for m in (1, 3, 4, 2, 16, 9, 17, 3, 1, 600, 513):
+        x = torch.randn(m, 128)
+        assert torch.equal(sparse(x), lin(x).detach())
+        twin(x)
+    assert built == [1, 3, 2, 16, 17, 600]  # buckets 1, 4, 2, 16, 32, 512 (M > 512 shares the last)
+    assert sparse(torch.randn(0, 128)).shape == (0, 64)
+
+
+def test_dtype_and_state_changes_invalidate_plans(monkeypatch):
+    built = count_plan_builds(monkeypatch)
+    lin = pruned_linear(128, 64, torch.float32)
+    sparse = SparseLinear24.from_linear(lin)
+    x = torch.randn(2, 128)
+    sparse(x)
+    sparse.to(torch.bfloat16)
+    out = sparse(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and len(built) == 2
+    torch.testing.assert_close(out.float(), lin(x).detach(), atol=0.1, rtol=0.05)
+    with pytest.raises(TypeError, match="cast x"):  # the old dtype is refused, not run on a stale plan
+        sparse(x)
+    other = pruned_linear(128, 64, torch.bfloat16, seed=7)
+    sparse.load_state_dict(SparseLinear24.from_linear(other).state_dict())
+    assert torch.equal(sparse(x.bfloat16()), other(x.bfloat16()).detach())
+    sparse.bias = None  # assignment drops the plans too
+    assert torch.equal(sparse(x.bfloat16()), F_linear_no_bias(other, x.bfloat16()))
+
+
+def F_linear_no_bias(linear, x):
+    return torch.nn.functional.linear(x, linear.weight.detach())
+
+
+def test_bad_buffers_are_rejected_at_load():
+    sparse = SparseLinear24.from_linear(pruned_linear(128, 64))
+    good = {name: t.clone() for name, t in sparse.state_dict().items()}
+    corrupt = {**good, "meta": torch.full_like(good["meta"], 0x5555)}  # every group stores column 1 twice
+    with pytest.raises(ValueError, match="meta is corrupt"):
+        sparse.load_state_dict(corrupt)
+    with pytest.raises(ValueError, match="meta is corrupt"):  # the rejected tensors were copied in: refuse to run
+        sparse(torch.randn(1, 128))
+    sparse.load_state_dict(good)
+    sparse(torch.randn(1, 128))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        sparse.load_state_dict({**good, "values": good["values"][:, :32]})
+    fresh = SparseLinear24(128, 64)
+    with pytest.raises(TypeError, match="meta must be int16"):
+        fresh.load_state_dict({**good, "meta": good["meta"].int()}, assign=True)
+    with pytest.raises(ValueError, match="bias must be"):
+        fresh.load_state_dict({**good, "bias": good["bias"].half()}, assign=True)
+    with pytest.raises(TypeError, match="float64"):
+        SparseLinear24.from_linear(pruned_linear(128, 64)).double()
+
+
+def test_deepcopy_and_non_contiguous_buffers():
+    import copy
+
+    lin = pruned_linear(128, 64)
+    sparse = SparseLinear24.from_linear(lin)
+    x = torch.randn(3, 128)
+    sparse(x)
+    clone = copy.deepcopy(sparse)
+    assert torch.equal(clone(x), sparse(x)) and clone.values.data_ptr() != sparse.values.data_ptr()
+    wide = torch.zeros(64, 128)
+    wide[:, ::2] = sparse.values  # a strided view as the values buffer
+    sparse.load_state_dict({**sparse.state_dict(), "values": wide[:, ::2]}, assign=True)
+    assert sparse.values.is_contiguous()
+    assert torch.equal(sparse(x), lin(x).detach())
+
+
+def test_fullgraph_compile_of_a_sparsified_model_matches_eager():
+    torch._dynamo.reset()
+    model, dense = sparsified_tiny_llama()
+    ids = torch.randint(0, 256, (2, 11))
+    with torch.no_grad():
+        eager = model(ids).logits
+        compiled = torch.compile(model, fullgraph=True)(ids).logits
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eager, dense(ids).logits.detach(), atol=1e-4, rtol=1e-4)
+
+
+@needs_cuda
+def test_cuda_graph_replay_gives_the_eager_tokens():
+    model, _ = sparsified_tiny_llama(torch.bfloat16)
+    model = model.cuda()
+    ids = torch.randint(0, 256, (2, 9), device="cuda")
+    with torch.no_grad():
+        eager = model(ids).logits
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            model(ids)  # warm-up outside capture: builds the plans (autotuning, compilation)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model(ids).logits
+        for _ in range(2):
+            graph.replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(captured, eager, atol=0, rtol=0)
+            assert torch.equal(captured.argmax(-1), eager.argmax(-1))
