@@ -594,3 +594,13 @@ def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call(*_ok())
 
+
+
+def test_layer_wide_selection_prunes_exactly_the_count_with_tied_values():
+    W, H = random_problem(32, 64, seed=15)
+    W = (W * 2).round() / 2  # few distinct values: many exact ties at the threshold
+    W[W == 0] = 0.5
+    out, keep = ops.alps_prune(W, H, 0.6)
+    assert (~keep).sum().item() == W.numel() - round(W.numel() * 0.4)
+    out, keep = ops.admm_prune(W, H, 0.6)
+    assert (~keep).sum().item() == int(W.numel() * 0.6)
