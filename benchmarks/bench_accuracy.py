@@ -1,7 +1,7 @@
 """Accuracy: perplexity vs sparsity per method, and the zero-shot suite (default SmolLM2).
 
 Every configuration starts from the same dense weights (restored from a copy), prunes with the
-pipeline on `--nsamples` x `--seqlen` calibration windows of the built-in Wikipedia text, and
+pipeline on `--nsamples` x `--seqlen` calibration windows of the built-in Wikipedia text (or `--calib-text`), and
 evaluates perplexity on the first `--windows` non-overlapping `--eval-seqlen`-token windows of the
 held-out evaluation text (SparseGPT protocol; a fixed subset, so all rows are comparable).
 Zero-shot: `sparsekit.eval.zeroshot` on the first `--zeroshot-limit` validation documents per task
@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="bfloat16")
     g.add_argument("--acc-nsamples", type=int, default=32, help="calibration sequences (default 32)")
     g.add_argument("--acc-seqlen", type=int, default=512, help="calibration tokens per sequence (default 512)")
+    g.add_argument("--calib-text", default="wikipedia",
+                   help="calibration text: wikipedia (default), science (SciQ support passages, another genre), "
+                        "or a path / hf: spec as `sparsekit prune --calib` takes")
     g.add_argument("--eval-seqlen", type=int, default=512)
     g.add_argument("--windows", type=int, default=64, help="evaluation windows (fixed subset; default 64)")
     g.add_argument("--zeroshot", default=None, help="tasks (comma list or 'all'); default none")
@@ -47,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="configurations to run zero-shot on, e.g. dense,wanda:0.5,sparsegpt:2:4 (default dense)")
 
 
-NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "dsnot": "DSnoT", "magnitude": "Magnitude", "besa": "BESA", "dense": "dense"}
+NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "dsnot": "DSnoT", "magnitude": "Magnitude", "besa": "BESA", "dense": "dense",
+         "admm": "ADMM", "alps": "ALPS"}
 
 
 def parse_config(text: str) -> tuple[str, str | None, dict]:
@@ -83,6 +87,8 @@ def config_label(method: str, allocation: str | None, options: dict, settings: b
         name = f"BESA-{rest.pop('granularity', 'row')}"
         row_method = rest.pop("row_method", "besa")
         name += "" if row_method == "besa" else f"+{NAMES.get(row_method, row_method)}"
+    update = rest.pop("update", "none")  # the weight update after the mask: 'Wanda+ALPS', 'SparseGPT+ADMM'
+    name += f"+{update.upper()}" if update != "none" else ""
     if allocation:
         name = f"{allocation.upper()}+{name}"
     extra = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True).replace(' ', '')}"
@@ -110,7 +116,7 @@ def _setup(ctx: RunContext, args):
         calib = torch.randint(0, TINY_LLAMA["vocab_size"], (4, 32), generator=torch.Generator().manual_seed(0))
         return model, tok, calib, SAMPLE_TEXT, "tiny-llama", "built-in sample text"
     model, tok = sparsekit.load_model(args.model, dtype=args.dtype, device=str(ctx.device))
-    calib = sparsekit.calibration_ids(tok, args.acc_nsamples, args.acc_seqlen, seed=0)
+    calib = sparsekit.calibration_ids(tok, args.acc_nsamples, args.acc_seqlen, seed=0, source=args.calib_text)
     return model, tok, calib, sparsekit.evaluation_text(), args.model, "wikipedia (held-out)"
 
 
@@ -179,6 +185,8 @@ def run(ctx: RunContext, args) -> None:
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     done = ctx.done(BENCHMARK) | ctx.done(ZEROSHOT)
     calibration = f"{tuple(calib.shape)[0]}x{tuple(calib.shape)[1]}"
+    if not ctx.quick and args.calib_text != "wikipedia":  # the default keeps the cases measured before the option
+        calibration += f":{args.calib_text}"
     common = {"model": model_label, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
               "calibration": calibration, "eval_text": text_label, "eval_windows": windows, "eval_seqlen": eval_seqlen}
     runs = [("dense", None, {}, "dense", None)] + [
@@ -210,6 +218,10 @@ def run(ctx: RunContext, args) -> None:
                                pruned_weights=sum(round(r.reached * r.shape[0] * r.shape[1]) for r in report.layers),
                                total_weights=sum(r.shape[0] * r.shape[1] for r in report.layers),
                                phases={k: float(v) for k, v in report.seconds.items()})
+                spread = {r.name: [round(r.row_sparsity["min"], 4), round(r.row_sparsity["max"], 4)]
+                          for r in report.layers if r.row_sparsity and r.row_sparsity["max"] > r.row_sparsity["min"]}
+                if spread:  # per layer [min, max] of the rows' sparsities: a learned allocation's spread
+                    derived["row_sparsity"] = spread
             start = time.perf_counter()
             ppl = sparsekit.perplexity(model, tok, text, seqlen=eval_seqlen, batch_size=4, max_windows=windows, progress=False)
             derived["eval_seconds"] = time.perf_counter() - start

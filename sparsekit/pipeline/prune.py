@@ -24,7 +24,7 @@ from sparsekit.pipeline.capture import capture_inputs
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint
 from sparsekit.pipeline.config import PruneConfig
 from sparsekit.pipeline.placement import DiskStream, module_device, plan_placement
-from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport
+from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport, row_sparsity_spread
 from sparsekit.pruners import BlockContext, LayerTarget, make_pruner
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,8 @@ def prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig | Non
                     view.set_weight(result.weight)
                 view.apply_mask(result.keep)
                 reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
-                report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds))
+                report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds,
+                                                 row_sparsity_spread(result.keep)))
             last = index == len(blocks) - 1
             if not last:
                 with timer("forward"):

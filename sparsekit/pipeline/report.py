@@ -16,6 +16,13 @@ class LayerReport:
     target: float
     reached: float
     seconds: float
+    row_sparsity: dict | None = None  # {"min", "max", "std"} of the per-row sparsities of the mask
+
+
+def row_sparsity_spread(keep: torch.Tensor) -> dict:
+    """min / max / std over rows of each row's pruned fraction (an allocation's spread; 0 std = uniform rows)."""
+    rows = 1.0 - keep.reshape(keep.shape[0], -1).double().mean(dim=1)
+    return {"min": rows.min().item(), "max": rows.max().item(), "std": rows.std().item() if rows.numel() > 1 else 0.0}
 
 
 @dataclass

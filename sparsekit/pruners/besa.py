@@ -26,6 +26,7 @@ import torch
 from sparsekit import ops
 from sparsekit.allocation.budget import budget_count, project_row_counts
 from sparsekit.ops.dsnot import DEFAULT_MODE as DSNOT_DEFAULT_MODE
+from sparsekit.pipeline.capture import block_output
 from sparsekit.ops.besa import expected_sparsity, prune_counts, reachable_sparsity, target_log_prior
 from sparsekit.pruners.base import BlockContext, LayerResult, Pruner
 from sparsekit.torch_backend.sparsegpt import _inverse_cholesky
@@ -61,7 +62,13 @@ class BesaPruner(Pruner):
     metric: str = _option("wanda", "row ranking: wanda, magnitude or sparsegpt (w^2 / diag(H^-1))")
     row_method: str = _option("besa", "masks at the learned sparsities: besa (its own ranking), wanda, sparsegpt, "
                                       "or dsnot (DSnoT swaps refining besa's mask)")
-    epochs: int = _option(1, "passes over the calibration batches per block (paper: 1)")
+    epochs: int = _option(1, "passes over the calibration sequences per block (paper: 1); more passes run when "
+                             "min_steps needs them")
+    train_batch: int = _option(1, "calibration sequences per training step (paper: 1), whatever the pipeline's "
+                                  "--batch-size (which only sets the forward batches)", parse=int)
+    min_steps: int = _option(32, "at least this many training steps per block: passes over the training sequences "
+                                 "repeat until reached (Prodigy grows its step from 1e-6 over ~10 steps; with 4 "
+                                 "steps the allocation stays uniform)", parse=int)
     beta: float = _option(5.0, "sparsity penalty weight (paper's scripts: 5)")
     optimizer: str = _option("prodigy", "prodigy (paper, lr 1) or adamw (lr 1e-2)")
     lr: float | None = _option(None, "learning rate (default: 1 for prodigy, 1e-2 for adamw)", parse=float)
@@ -99,6 +106,10 @@ class BesaPruner(Pruner):
         if steps < 1 or abs(steps - round(steps)) > 1e-6:
             raise ValueError(f"besa: sparsity_step must divide 1 evenly (e.g. 0.01, 0.02, 0.05), got {self.sparsity_step}")
         self.num_candidates = int(round(steps)) + 1
+        for name in ("train_batch", "min_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (1 if name == "train_batch" else 0):
+                raise ValueError(f"besa: {name} must be an int >= {1 if name == 'train_batch' else 0}, got {value!r}")
         if self.train_samples is not None and self.train_samples < 1:
             raise ValueError(f"besa: train_samples must be >= 1, got {self.train_samples}")
         if not isinstance(self.row_method_options, dict):
@@ -109,6 +120,8 @@ class BesaPruner(Pruner):
             raise ValueError(f"besa: row_method {self.row_method!r} takes no option(s) {unknown}; "
                              f"it takes {sorted(allowed) or 'none'}")
         self.learned: dict[str, torch.Tensor] = {}  # layer name -> learned expected sparsity per row
+        self.trace: dict[int, list] = {}  # block -> per step (reconstruction, expected sparsity, |grad logits|, prodigy d)
+        self.spread: dict[int, dict] = {}  # block -> learned row sparsities' spread before / after the projection
 
     # -- one block ------------------------------------------------------------------------------
     def prune_block(self, ctx: BlockContext) -> dict[str, LayerResult]:
@@ -166,24 +179,34 @@ class BesaPruner(Pruner):
         optimizer = self._optimizer(list(logits.values()))
         losses = []
         with _frozen(ctx.block), _masked_forwards(ctx, weights, ranks, logits, self.sigmoid, prior), torch.enable_grad():
-            for _ in range(self.epochs):
-                seen = 0
-                for start, x in ctx.inputs.batches():
-                    if self.train_samples is not None and seen >= self.train_samples:
-                        break
-                    seen += x.shape[0]
-                    out = ctx.inputs.call_block(ctx.block, ctx.index, x, ctx.device)
-                    recon = _reconstruction_loss(out, reference[start:start + out.shape[0]].to(ctx.device))
-                    s_block = sum(sizes[n] * expected_sparsity(l, self.sigmoid, prior).mean() for n, l in logits.items()) / total
-                    loss = recon + self.beta * ((s_block - target) / target) ** 2
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append((recon.item(), s_block.item()))
+            for start, x, args, kwargs in self._steps(ctx.inputs, ctx.index):
+                out = block_output(ctx.block(x.to(ctx.device), *_to_device(args, ctx.device), **_to_device(kwargs, ctx.device)))
+                recon = _reconstruction_loss(out, reference[start:start + out.shape[0]].to(ctx.device))
+                s_block = sum(sizes[n] * expected_sparsity(l, self.sigmoid, prior).mean() for n, l in logits.items()) / total
+                loss = recon + self.beta * ((s_block - target) / target) ** 2
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.sqrt(sum(l.grad.float().square().sum() for l in logits.values())).item()
+                optimizer.step()
+                losses.append((recon.item(), s_block.item(), grad_norm, optimizer.param_groups[0].get("d", float("nan"))))
         if losses:
             log.info("besa block %d: reconstruction %.4g -> %.4g, expected sparsity %.4f (target %.4f), %d steps",
                      ctx.index, losses[0][0], losses[-1][0], losses[-1][1], target, len(losses))
+            self.trace[ctx.index] = losses
         return {name: l.detach() for name, l in logits.items()}
+
+    def _steps(self, inputs, block_index: int) -> list[tuple[int, torch.Tensor, tuple, dict]]:
+        """(start, hidden, args, kwargs) per training step: micro-batches of `train_batch` of the first
+        `train_samples` sequences, `epochs` passes, repeated until `min_steps` steps."""
+        available = inputs.hidden.shape[0] if self.train_samples is None else min(self.train_samples, inputs.hidden.shape[0])
+        one_pass = []
+        for start, x in inputs.batches():
+            args, kwargs = inputs.extras[x.shape[0]][block_index]
+            for lo in range(0, min(x.shape[0], available - start), self.train_batch):
+                hi = min(lo + self.train_batch, x.shape[0], available - start)
+                one_pass.append((start + lo, x[lo:hi], *_batch_slice((args, kwargs), lo, hi, x.shape[0])))
+        passes = max(self.epochs, -(-self.min_steps // len(one_pass))) if one_pass and self.epochs else 0
+        return one_pass * passes
 
     def _optimizer(self, params):
         lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
@@ -199,10 +222,28 @@ class BesaPruner(Pruner):
         row_sparsity = {n: expected_sparsity(logits[n], self.sigmoid, prior).expand(weights[n].shape[0]).cpu() for n in names}
         self.learned.update(row_sparsity)
         if not self.exact:
-            return {n: prune_counts(logits[n], *weights[n].shape, self.sigmoid, prior).long().cpu() for n in names}
-        budget = budget_count(sizes, [ctx.targets[v.name].sparsity for v in ctx.layers])
-        counts = project_row_counts([row_sparsity[n] for n in names], [weights[n].shape[1] for n in names], budget)
-        return dict(zip(names, counts))
+            counts = {n: prune_counts(logits[n], *weights[n].shape, self.sigmoid, prior).long().cpu() for n in names}
+        else:
+            budget = budget_count(sizes, [ctx.targets[v.name].sparsity for v in ctx.layers])
+            counts = dict(zip(names, project_row_counts([row_sparsity[n] for n in names], [weights[n].shape[1] for n in names], budget)))
+        self._check_spread(ctx.index, torch.cat([row_sparsity[n] for n in names]),
+                           torch.cat([counts[n].double() / weights[n].shape[1] for n in names]))
+        return counts
+
+    def _check_spread(self, index: int, learned: torch.Tensor, projected: torch.Tensor) -> None:
+        """Record the block's allocation spread and warn when training left it (near) uniform: then BESA's
+        masks are the metric's (e.g. Wanda's) at the target, whatever the training cost."""
+        def spread(s):
+            s = s.double()
+            return {"min": s.min().item(), "max": s.max().item(), "std": s.std().item() if s.numel() > 1 else 0.0}
+
+        self.spread[index] = {"learned": spread(learned), "projected": spread(projected)}
+        width = learned.max().item() - learned.min().item()
+        if self.epochs and width < 2 * self.sparsity_step:
+            log.warning("besa block %d: the learned %s sparsities stayed uniform (%.4f to %.4f, spread %.2g < %.2g), so "
+                        "the masks are the %s metric's at the target; train longer (--besa-min-steps), or raise "
+                        "--besa-d-coef / --besa-lr", index, self.granularity, learned.min().item(), learned.max().item(),
+                        width, 2 * self.sparsity_step, self.metric)
 
     def _dsnot_mode(self) -> str | None:
         return self.row_method_options.get("mode", DSNOT_DEFAULT_MODE) if self.row_method == "dsnot" else None
@@ -227,6 +268,28 @@ class BesaPruner(Pruner):
         pruned, keep = ops.sparsegpt(weight, stats.hessian.hessian.to(weight.device), sparsity, backend=backend,
                                      **self.row_method_options)
         return LayerResult(keep, pruned)
+
+
+def _batch_slice(value, lo: int, hi: int, batch: int):
+    """The [lo:hi] micro-batch of a block's recorded extra arguments: tensors whose first dim is the batch
+    (attention masks, per-sequence rotary tables) are sliced; shared ones (dim 0 of 1, scalars) pass as they are."""
+    if isinstance(value, torch.Tensor):
+        return value[lo:hi] if batch > 1 and value.dim() and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_batch_slice(v, lo, hi, batch) for v in value)
+    if isinstance(value, dict):
+        return {k: _batch_slice(v, lo, hi, batch) for k, v in value.items()}
+    return value
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _reconstruction_loss(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -203,3 +203,72 @@ def test_cli_runs_besa_and_reports_exact_sparsity(tmp_path, capsys):
     summary = json.loads((tmp_path / "out.json").read_text())
     assert summary["sparsity_reached"] == pytest.approx(0.6, abs=1e-4)
     assert summary["method_options"]["granularity"] == "layer"
+
+
+def row_sparsity_widths(model):
+    """Per block: max - min of the rows' pruned fractions over all its target layers."""
+    widths = []
+    for views in block_views(model):
+        rows = torch.cat([(v.weight == 0).double().mean(dim=1) for v in views])
+        widths.append((rows.max() - rows.min()).item())
+    return widths
+
+
+def test_default_settings_learn_a_non_uniform_allocation_whatever_the_forward_batch():
+    """Issue 17: with the pipeline's default batch (8) a 32-sequence calibration gave Prodigy 4 steps per
+    block, too few for its step size to grow from 1e-6, and BESA returned Wanda's uniform masks."""
+    for batch_size in (8, 1):
+        model = tiny_llama()
+        report = sparsekit.prune(model, calib(), PruneConfig(method="besa", sparsity=0.5, batch_size=batch_size))
+        widths = row_sparsity_widths(model)
+        print(f"batch {batch_size}: row sparsity max - min per block {widths}")
+        assert all(w >= 0.1 for w in widths), widths
+        assert report.sparsity == pytest.approx(0.5, abs=1e-9)
+        assert all(r.row_sparsity["max"] > r.row_sparsity["min"] for r in report.layers)
+
+
+def test_paper_mode_also_learns_with_the_default_forward_batch():
+    model = tiny_llama()
+    sparsekit.prune(model, calib(), PruneConfig(method="besa", sparsity=0.5,
+                                                method_options={"init": "uniform", "exact": False, "d_coef": 5}))
+    assert all(w >= 0.1 for w in row_sparsity_widths(model))
+
+
+def test_a_uniform_allocation_is_reported_and_warned_about(monkeypatch, caplog):
+    pruner = make_pruner("besa", min_steps=0, train_batch=8)  # one step per block: the allocation cannot move
+    monkeypatch.setattr("sparsekit.pipeline.prune.make_pruner", lambda *a, **k: pruner)
+    with caplog.at_level("WARNING", logger="sparsekit.pruners.besa"):
+        report = sparsekit.prune(tiny_llama(), calib(), PruneConfig(method="besa", sparsity=0.5, batch_size=8))
+    warned = [r.getMessage() for r in caplog.records if "stayed uniform" in r.getMessage()]
+    assert [m.split(":")[0] for m in warned] == ["besa block 0", "besa block 1"]
+    assert all(s["learned"]["max"] - s["learned"]["min"] < 0.02 for s in pruner.spread.values())
+    assert all(r.row_sparsity["std"] == 0 for r in report.layers)
+
+
+def test_training_micro_batches_give_the_full_batchs_block_outputs():
+    from sparsekit.pipeline.capture import block_output, capture_inputs
+    from sparsekit.pruners.besa import _batch_slice
+
+    model = tiny_llama()
+    _, blocks = find_blocks(model)
+    inputs = capture_inputs(model, blocks, calib(), 4, torch.device("cpu"))
+    pruner = make_pruner("besa", train_batch=3, min_steps=0)
+    steps = pruner._steps(inputs, 1)
+    assert [(start, x.shape[0]) for start, x, _, _ in steps] == [(0, 3), (3, 1)]
+    with torch.no_grad():
+        full = inputs.call_block(blocks[1], 1, inputs.hidden, "cpu")
+        for start, x, args, kwargs in steps:
+            torch.testing.assert_close(block_output(blocks[1](x, *args, **kwargs)), full[start:start + x.shape[0]])
+    mask = torch.ones(4, 1, 5, 5)
+    assert _batch_slice({"m": mask, "pos": (torch.zeros(1, 5),)}, 1, 3, 4)["m"].shape[0] == 2
+
+
+def test_min_steps_repeats_passes_and_train_samples_cuts_them():
+    from sparsekit.pipeline.capture import capture_inputs
+
+    model = tiny_llama()
+    _, blocks = find_blocks(model)
+    inputs = capture_inputs(model, blocks, calib(), 2, torch.device("cpu"))
+    assert len(make_pruner("besa", min_steps=10)._steps(inputs, 0)) == 12  # 3 passes of 4
+    assert [s for s, *_ in make_pruner("besa", min_steps=0, train_samples=3)._steps(inputs, 0)] == [0, 1, 2]
+    assert make_pruner("besa", epochs=0)._steps(inputs, 0) == []
