@@ -4,7 +4,10 @@ Per transformer block, with its weights frozen:
 1. one dense forward gathers the ranking statistics and the dense block's output Y_ref;
 2. every row is ranked by an importance score (Wanda |W|*||X|| by default);
 3. logits over K candidate sparsities (1.00, 0.99, ..., 0.00) per row or per layer are trained for
-   `epochs` passes over the calibration batches, each step minimising
+   `epochs` passes over the calibration sequences, `train_batch` (1) per step whatever the pipeline's
+   forward batch, and for at least `min_steps` (32) steps (Prodigy's step size starts at 1e-6 and needs
+   ~10 steps to grow: with the 4 steps that 32 sequences in batches of 8 gave, the allocation stayed at
+   its uniform start and BESA returned the metric's masks), each step minimising
        sum(((Y_ref - Y) / sigma)^2) / hidden + beta * ((s_block - s*) / s*)^2
    (sigma: per-channel L2 norm of Y_ref over the batch; s_block: parameter-weighted expected sparsity)
    with the hard mask in the forward pass and the straight-through soft mask in the backward pass
@@ -72,8 +75,8 @@ class BesaPruner(Pruner):
     beta: float = _option(5.0, "sparsity penalty weight (paper's scripts: 5)")
     optimizer: str = _option("prodigy", "prodigy (paper, lr 1) or adamw (lr 1e-2)")
     lr: float | None = _option(None, "learning rate (default: 1 for prodigy, 1e-2 for adamw)", parse=float)
-    d_coef: float = _option(50.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise with 128 steps per block; with "
-                                  "tens of steps 5 leaves the allocation uniform, 50 learns one: see README)")
+    d_coef: float = _option(50.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise with 128 steps per block; 50 "
+                                  "grows the step size faster over the 32 steps of a 32-sequence calibration)")
     sparsity_step: float = _option(0.01, "spacing of the candidate sparsities (0.01: 101 candidates)")
     sigmoid: bool = _option(True, "p = softmax(sigmoid(logits) + prior), the paper's smoothing: each probability "
                                   "stays within a factor e of the prior's")
