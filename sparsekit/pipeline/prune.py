@@ -21,7 +21,7 @@ from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
 from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import capture_inputs
-from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint
+from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
 from sparsekit.pipeline.config import PruneConfig
 from sparsekit.pipeline.placement import DiskStream, module_device, plan_placement
 from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport, row_sparsity_spread
@@ -82,13 +82,19 @@ def _restore_finished_blocks(blocks: nn.ModuleList, checkpoint: RunCheckpoint, f
         block.load_state_dict(checkpoint.block_tensors(index, module_device(block)))
 
 
-@torch.no_grad()
 def prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig | None = None, **overrides) -> PruneReport:
     """Prune `model` in place with `config` on calibration token ids (nsamples, seqlen); return the report.
 
     Under torchrun every process passes the same calibration; each takes its share of the batches.
+    A checkpoint_dir is locked for the run: a second run on it fails at once.
     """
     config = config or PruneConfig(**overrides)
+    with run_lock(config.checkpoint_dir):
+        return _prune(model, calibration, config)
+
+
+@torch.no_grad()
+def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> PruneReport:
     calibration = _check_calibration(calibration)
     pruner = make_pruner(config.method, **config.method_options)
     if distributed.world()[1] > 1 and not pruner.supports_distributed:
