@@ -1,6 +1,6 @@
 """`python -m benchmarks <kind> ...` and `sparsekit bench <kind> ...`.
 
-Kinds: kernels, decode, prune-time, accuracy, all (the four in that order); plus plot, tables
+Kinds: kernels, decode, prune-time, accuracy, host-overhead, all (those in that order); plus plot, tables
 (README regeneration) and merge (fold rows fetched from a GPU machine into the results tree).
 `--quick` runs a small CPU version of each benchmark through the torch paths (CI proves the suite
 works end to end); its rows go to `<results>/<device>/quick/` and never into tables or plots.
@@ -18,7 +18,8 @@ from pathlib import Path
 from benchmarks.schema import DEFAULT_RESULTS
 
 KINDS = {"kernels": "benchmarks.bench_kernels", "decode": "benchmarks.bench_decode",
-         "prune-time": "benchmarks.bench_prune_time", "accuracy": "benchmarks.bench_accuracy"}
+         "prune-time": "benchmarks.bench_prune_time", "accuracy": "benchmarks.bench_accuracy",
+         "host-overhead": "benchmarks.bench_host_overhead"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,12 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark subcommands to `parser` (used by python -m benchmarks and sparsekit bench)."""
-    sub = parser.add_subparsers(dest="bench_kind", required=True, metavar="{kernels,decode,prune-time,accuracy,all,plot,tables,merge}")
+    sub = parser.add_subparsers(dest="bench_kind", required=True, metavar="{kernels,decode,prune-time,accuracy,host-overhead,all,plot,tables,merge}")
     for kind, module in KINDS.items():
         p = sub.add_parser(kind, help=(importlib.import_module(module).__doc__ or "").strip().splitlines()[0])
         _common(p)
         importlib.import_module(module).add_arguments(p)
-    p = sub.add_parser("all", help="kernels, decode, prune-time and accuracy, in that order")
+    p = sub.add_parser("all", help="kernels, decode, prune-time, accuracy and host-overhead, in that order")
     _common(p)
     for module in KINDS.values():
         importlib.import_module(module).add_arguments(p)
