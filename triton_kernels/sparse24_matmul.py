@@ -458,6 +458,11 @@ def _config_dict(cfg: triton.Config) -> dict:
 # launch plans: the per-call cost of a cached, compiled launch
 
 
+# Triton >= 3.3 launchers take every kernel argument, constexprs included, in signature order (what
+# JITFunction.run passes); older ones took a different list, so there plans launch through the JIT.
+DIRECT_LAUNCH = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 3)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -508,7 +513,8 @@ class LaunchPlan:
         self.grid_n = (n + config["BLOCK_N"] - 1) // config["BLOCK_N"]
         self.split = config["SPLIT_K"]
         self.constexprs = constexprs
-        self.launch = compiled.run  # loads the module on first access: done here, not per call
+        # compiled.run loads the module on first access: done here, not per call
+        self.launch = compiled.run if DIRECT_LAUNCH else None
         self.function = compiled.function
         self.packed_metadata = compiled.packed_metadata
         self.workspaces = store
@@ -527,7 +533,8 @@ class LaunchPlan:
         return out.reshape(*x.shape[:-1], self.n)
 
     def __call__(self, x, values, meta, bias):
-        if not x.is_contiguous() or x.data_ptr() & 15 or self.current_device() != self.device_index:
+        if self.launch is None or not x.is_contiguous() or x.data_ptr() & 15 \
+                or self.current_device() != self.device_index:
             return self.general(x, values, meta, bias)
         shape = x.shape
         if len(shape) == 2:  # building the output shape from tuples, not torch.Size slices (~1-3 µs less)

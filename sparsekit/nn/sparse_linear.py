@@ -149,7 +149,7 @@ class SparseLinear24(nn.Module):
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
-        if name in _OPERANDS and "_plans" in self.__dict__:
+        if (name in _OPERANDS or name == "backend") and "_plans" in self.__dict__:
             self.__dict__["_plans"] = {}
             self.__dict__["_operands"] = None  # revalidated on the next call (values and meta change in turn)
 
@@ -176,6 +176,9 @@ class SparseLinear24(nn.Module):
         """Every check, then the plan for x's M bucket (built on the first call of the bucket)."""
         if self._operands is None:
             self._revalidate(check_content=self._refused)
+            if self._operands is None:
+                raise ValueError("this SparseLinear24's buffers are on the meta device (not loaded); load the "
+                                 "weights (load_state_dict(..., assign=True) or to_empty + load_state_dict) first")
         values, meta, bias = self._operands
         n, k = check_matmul_operands(x, values, meta, bias)
         x2d = x.reshape(-1, k)

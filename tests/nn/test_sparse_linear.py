@@ -205,6 +205,10 @@ def test_dtype_and_state_changes_invalidate_plans(monkeypatch):
     assert torch.equal(sparse(x.bfloat16()), other(x.bfloat16()).detach())
     sparse.bias = None  # assignment drops the plans too
     assert torch.equal(sparse(x.bfloat16()), F_linear_no_bias(other, x.bfloat16()))
+    builds = len(built)
+    sparse.backend = "torch"  # so does choosing another backend
+    sparse(x.bfloat16())
+    assert len(built) == builds + 1
 
 
 def F_linear_no_bias(linear, x):
