@@ -327,6 +327,40 @@ def fake_table():
     }
 
 
+def test_table_from_rows_of_both_row_kinds():
+    from benchmarks.schema import BenchRow
+
+    def bench(provider, m, ms, status="ok", alg=None):
+        params = {"M": m, "N": 4096, "K": 4096, "dtype": "bfloat16", **({"cusparselt_alg_id": alg} if alg else {})}
+        return BenchRow(benchmark="kernels", case=f"sparse24_matmul/4096x4096/M={m}", provider=provider, metric="time",
+                        unit="ms", median=ms, params=params, status=status, device=DEVICE_NAME)
+
+    def tuner(provider, m, us, n=11008):
+        return {"device": DEVICE_NAME, "dtype": "bfloat16", "M": m, "N": n, "K": 4096, "provider": provider,
+                "median_us": us, "status": "ok"}
+
+    rows = [bench("triton", 1, 0.006), bench("cublas", 1, 0.011), bench("dense", 1, 0.0105),
+            bench("cusparselt", 1, 0.004, alg=2), bench("cuda", 1, None, status="error"),
+            bench("triton", 16, 0.009),  # no cublas at M=16: no entry (a pick must never lose to dense)
+            tuner("triton", 1, 16.0), tuner("cublas", 1, 30.0)]
+    table = sparse24_dispatch.table_from_rows(rows)
+    entries = table["devices"][DEVICE_NAME]["entries"]
+    assert [(e["N"], e["M"]) for e in entries] == [(4096, 1), (11008, 1)]
+    first = entries[0]
+    assert first["times_us"] == pytest.approx({"triton": 6.0, "cublas": 11.0, "dense_ref": 10.5, "cusparselt": 4.0})
+    assert first["best"] == "cusparselt" and first["cusparselt_alg_id"] == 2
+    assert sparse24_dispatch.rank_providers(table, DEVICE_NAME, torch.bfloat16, 1, 11008, 4096) == ["triton", "cublas"]
+    with pytest.raises(ValueError, match="not a time"):
+        sparse24_dispatch.table_from_rows([BenchRow(benchmark="decode", case="c", provider="dense", metric="tokens/s",
+                                                    unit="tokens/s", median=3.0, params={"M": 1, "N": 32, "K": 64,
+                                                                                         "dtype": "bfloat16"})])
+
+
+def test_decisions_are_per_m_bucket():
+    assert [sparse24_dispatch.m_bucket(m) for m in (0, 1, 2, 3, 4, 5, 16, 17, 256, 257, 512, 513, 100000)] == \
+        [1, 1, 2, 4, 4, 8, 16, 32, 256, 512, 512, 512, 512]
+
+
 def test_ranking_at_measured_points_and_between():
     table = fake_table()
     rank = lambda m, n=4096, k=4096, dtype="bfloat16": sparse24_dispatch.rank_providers(table, DEVICE_NAME, dtype, m, n, k)
