@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", "--sparsity_ratio", type=_parse_sparsity, default=None,
                    help="fraction pruned (default 0.5; n/m for N:M) or a JSON {layer|re:regex: fraction}")
     p.add_argument("--pattern", "--sparsity_type", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default 128; 16 with --quick)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration sequence (default min(2048, model max))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib", default="wikipedia", help="'wikipedia', a .txt/.jsonl file, or hf:<name>:<split>")
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", "--resume", dest="checkpoint_dir", default=None, metavar="DIR",
                    help="save each finished block here; rerunning with the same DIR resumes a killed run")
     p.add_argument("--eval", action="store_true", help="report perplexity before and after pruning")
+    p.add_argument("--quick", action="store_true",
+                   help="first-run demo sizes, minutes on a 2-core CPU: --eval with 16x256 calibration tokens and 8 "
+                        "evaluation windows of 512 tokens (sizes given explicitly win; the accuracy tables use 32x512 and every window)")
     p.add_argument("--skip-dense-eval", action="store_true", help="with --eval, evaluate the pruned model only")
     _add_eval_args(p)
     p.add_argument("--save", "--save_model", default=None, help="write the pruned HF checkpoint here (atomic)")
@@ -229,13 +232,14 @@ def _protected(args) -> dict:
 @subcommand("prune")
 def cmd_prune(args) -> dict:
     from sparsekit.data.text import calibration_ids
-    from sparsekit.hf.loading import load_model
+    from sparsekit.hf.loading import load_model, resolve_checkpoint
     from sparsekit.hf.saving import save_pruned
     from sparsekit.pipeline.config import PruneConfig
     from sparsekit.pipeline.prune import prune
 
     from sparsekit.pipeline import distributed
 
+    _apply_quick(args)
     device = distributed.init_from_env(args.device or _default_device())
     main_process = distributed.is_main()
     config = PruneConfig(  # validate before the (slow) model load
@@ -267,12 +271,17 @@ def cmd_prune(args) -> dict:
         check_output_dir(args.save, overwrite=args.overwrite, protect=_protected(args), flag="--save")
     seconds = {}
     start = time.perf_counter()
+    resolve_checkpoint(args.model)  # first run of an alias or .gguf: download and convert, timed on their own
+    seconds["download_convert"] = time.perf_counter() - start
+    t = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
                                   offload=args.offload)
-    seconds["load"] = time.perf_counter() - start
+    seconds["load"] = time.perf_counter() - t
     seqlen = args.seqlen or _default_seqlen(model)
     eval_seqlen = args.eval_seqlen or seqlen
+    t = time.perf_counter()
     calib = calibration_ids(tokenizer, args.nsamples, seqlen, seed=args.seed, source=args.calib)
+    seconds["calibration_text"] = time.perf_counter() - t
     summary = {"model": args.model, "method": args.method, "pattern": args.pattern, "dtype": str(model.dtype),
                "device": device, "calibration": {"source": args.calib, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed},
                "method_options": config.method_options,
@@ -313,11 +322,25 @@ def cmd_prune(args) -> dict:
     summary["seconds"] = seconds
     summary["provenance"] = _provenance()
     print(report.table())
-    print()
-    print(_summary_table(summary))
     _write_json(summary, args.json)
     print(json.dumps({k: v for k, v in summary.items() if k != "layers"}, indent=2))
+    print()
+    print(_summary_table(summary))  # last, where a first-time user looks
     return summary
+
+
+QUICK = {"nsamples": 16, "seqlen": 256, "eval_seqlen": 512, "eval_windows": 8}
+
+
+def _apply_quick(args) -> None:
+    """--quick fills every size left unset with the demo's (QUICK) and turns on --eval; else 128 calibration sequences."""
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        args.eval = True
+    if args.nsamples is None:
+        args.nsamples = 128
 
 
 def _summary_table(summary: dict) -> str:
@@ -327,11 +350,18 @@ def _summary_table(summary: dict) -> str:
         rows.append(("dense ppl", f"{summary['dense_ppl']:.3f}"))
     if "pruned_ppl" in summary:
         rows.append(("pruned ppl", f"{summary['pruned_ppl']:.3f}"))
+    if "dense_ppl" in summary and "pruned_ppl" in summary:
+        rows.append(("pruned / dense", f"{summary['pruned_ppl'] / summary['dense_ppl']:.2f}x"))
+    if "eval" in summary:
+        rows.append(("evaluated on", f"{summary['eval']['windows']} windows x {summary['eval']['seqlen']} tokens of {summary['eval']['text']}"))
+    rows.append(("dtype", summary["dtype"].removeprefix("torch.")))
     if summary.get("placement"):
         rows.append(("placement", summary["placement"]))
     if summary.get("peak_memory_bytes"):
         rows.append(("peak GPU memory", f"{summary['peak_memory_bytes'] / 2**30:.2f} GiB"))
-    rows += [(f"seconds: {k}", f"{v:.1f}") for k, v in summary["seconds"].items()]
+    total = summary["seconds"].get("total") or 1.0
+    rows += [(f"seconds: {k}", f"{v:7.1f}" + ("" if k == "total" else f"  ({100 * v / total:.0f}%)"))
+             for k, v in summary["seconds"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

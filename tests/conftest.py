@@ -16,6 +16,3 @@ import pytest  # noqa: E402
 def _seed():
     torch.manual_seed(0)
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests on the real SmolLM2 model (minutes on CPU)")
