@@ -18,7 +18,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from sparsekit import backend as _backend
+from sparsekit.torch_backend.sparse24 import decompress_24 as _torch_decompress_24
 
 DECODE_MAX_M = 64  # sp24_decode's limit (csrc/sparse24/sparse24.h kSp24DecodeMaxM)
 CUSPARSELT_MIN_ROWS = 8  # torch pads the dense operand's rows to a multiple of 8 for 16-bit types
@@ -132,7 +132,7 @@ def decompress_into_scratch(values: torch.Tensor, meta: torch.Tensor) -> torch.T
         else:
             torch.ops.sparsekit.sp24_decompress(values.contiguous(), meta.contiguous(), out)
             return out
-    out.copy_(_backend.call("decompress_24", None, values.device, values, meta))
+    out.copy_(_torch_decompress_24(values, meta))  # providers never re-enter backend.call
     return out
 
 

@@ -1,8 +1,10 @@
 """Which provider runs sparse24_matmul on CUDA when backend=None: a table measured on the device.
 
 Candidates (backends of the "sparse24_matmul" op, implemented beside this file in `sparse24.py`):
-"triton" (the memory-bound kernel, small M), "cuda" (sparsekit's compiled kernel), "cusparselt"
-(torch._cslt_sparse_mm on a cached blob) and "cublas" (decompress, then dense cuBLAS).
+"triton" (the memory-bound kernel, small M), "cuda" (sparsekit's compiled kernels) and "cublas"
+(decompress into a shared scratch, then dense cuBLAS). "cusparselt" is never a candidate: torch
+re-plans it and it needs its own compressed blob on every call (explicit backend="cusparselt" only;
+its measured times stay in the table for comparison).
 
 The table, `sparsekit/tuning/sparse24_matmul.json` (or the file named by SPARSEKIT_SPARSE24_TABLE), is
 written by `benchmarks/tune_sparse24.py` on the device (`table_from_rows` builds one from its rows): per device name and dtype, per weight shape (N, K),
@@ -13,8 +15,7 @@ the median time of every candidate at several M. For a call (M, N, K):
   * the fastest one that is available here (extension built, cuSPARSELt present, ...) wins.
 "cublas" is measured at every point, so at measured points the pick is never slower than dense cuBLAS.
 Without a table for this device and dtype (an unmeasured GPU) the default is safe rather than fast:
-"triton" for M <= DEFAULT_TRITON_MAX_M and "cublas" above; never "cusparselt" (it keeps a second
-compressed copy of every weight) unless the table measured it fastest.
+"triton" for M <= DEFAULT_TRITON_MAX_M and "cublas" above (neither keeps a copy of any weight).
 Decisions are cached per (device, dtype, M bucket, N, K): the first call of a bucket decides, with M
 taken as the bucket's top (`m_bucket`), and nothing here runs again for that bucket.
 """
@@ -33,7 +34,7 @@ import torch
 from sparsekit import backend as _backend
 
 OP = "sparse24_matmul"
-CANDIDATES = ("triton", "cuda", "cusparselt", "cublas")
+CANDIDATES = ("triton", "cuda", "cublas")
 DEFAULT_TRITON_MAX_M = 64
 TABLE_FORMAT = "sparsekit.sparse24_matmul.tuning/1"
 DEFAULT_TABLE = Path(__file__).resolve().parent.parent / "tuning" / "sparse24_matmul.json"
@@ -186,7 +187,7 @@ def select(table: dict, device_name: str, dtype: torch.dtype, m: int, n: int, k:
     """The first available provider of the table's ranking (or the default one); cublas as the last resort."""
     ranking = rank_providers(table, device_name, dtype, m, n, k) or default_ranking(m)
     if dtype == torch.float32:  # the mma.sp kernel and cuSPARSELt take 16-bit types only
-        ranking = [p for p in ranking if p not in ("cuda", "cusparselt")]
+        ranking = [p for p in ranking if p != "cuda"]
     for name in ranking + ["cublas"]:
         if available(name):
             return name

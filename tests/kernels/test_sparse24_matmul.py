@@ -348,7 +348,7 @@ def test_table_from_rows_of_both_row_kinds():
     assert [(e["N"], e["M"]) for e in entries] == [(4096, 1), (11008, 1)]
     first = entries[0]
     assert first["times_us"] == pytest.approx({"triton": 6.0, "cublas": 11.0, "dense_ref": 10.5, "cusparselt": 4.0})
-    assert first["best"] == "cusparselt" and first["cusparselt_alg_id"] == 2
+    assert first["best"] == "triton" and first["cusparselt_alg_id"] == 2  # cusparselt: measured, never picked
     assert sparse24_dispatch.rank_providers(table, DEVICE_NAME, torch.bfloat16, 1, 11008, 4096) == ["triton", "cublas"]
     with pytest.raises(ValueError, match="not a time"):
         sparse24_dispatch.table_from_rows([BenchRow(benchmark="decode", case="c", provider="dense", metric="tokens/s",
@@ -365,7 +365,7 @@ def test_ranking_at_measured_points_and_between():
     table = fake_table()
     rank = lambda m, n=4096, k=4096, dtype="bfloat16": sparse24_dispatch.rank_providers(table, DEVICE_NAME, dtype, m, n, k)
     assert rank(1)[0] == "triton" and "dense_ref" not in rank(1)
-    assert rank(64) == ["triton", "cublas", "cusparselt", "cuda"]
+    assert rank(64) == ["triton", "cublas", "cuda"]  # cusparselt is measured but never a candidate
     assert rank(256)[0] == "cublas"
     assert rank(4096)[0] == "cuda"
     assert rank(8192)[0] == "cuda"  # clamped to the largest measured M
@@ -384,7 +384,7 @@ def test_select_falls_back_to_available_and_never_without_cublas():
     every = lambda name: True
     assert sparse24_dispatch.select(table, DEVICE_NAME, torch.bfloat16, 4096, 4096, 4096, every) == "cuda"
     no_ext = lambda name: name != "cuda"
-    assert sparse24_dispatch.select(table, DEVICE_NAME, torch.bfloat16, 4096, 4096, 4096, no_ext) == "cusparselt"
+    assert sparse24_dispatch.select(table, DEVICE_NAME, torch.bfloat16, 4096, 4096, 4096, no_ext) == "cublas"
     # float32 never goes to the 16-bit-only providers
     assert sparse24_dispatch.select(table, "Other GPU", torch.float32, 4096, 4096, 4096, every) == "cublas"
     # no table: triton for small M, cublas above; cublas if triton is missing
