@@ -11,9 +11,9 @@
 // * Work: the weight is cut into tiles of R rows (R = 128 or 256) and each tile into chunks of 128 K
 //   (one pipeline stage). The tiles x chunks work units, tile-major, are split evenly over a persistent
 //   grid of min(#SMs, units) CTAs (striped / stream-K): CTA b owns units [b U / G, (b + 1) U / G).
-// * Pipeline: one producer warp issues 16-byte cp.async.cg for a stage (values and meta with an L2
+// * Pipeline: two producer warps issue 16-byte cp.async.cg for a stage (values and meta with an L2
 //   evict_first policy, x evict_last) and arrives on the stage's "full" mbarrier when they land
-//   (cp.async.mbarrier.arrive.noinc); R / 32 consumer warps wait on it, compute, and arrive on the stage's
+//   (cp.async.mbarrier.arrive.noinc, 64 arrivals); R / 32 consumer warps wait on it, compute, and arrive on the stage's
 //   "empty" mbarrier. No CTA-wide barrier (bar.sync) in the loop: only mbarrier waits and __syncwarp.
 //   Shared tiles are XOR-swizzled per 16-byte chunk (chunk ^ (row & 7)) so ldmatrix is conflict-free.
 // * Split reduction, deterministic, no float atomics: only the first tile of a CTA's range can start
@@ -52,6 +52,7 @@ constexpr int kMaxFrag = 2 * 8 * 4 * 32;    // floats of one warp's partial at N
 constexpr int kHeaderBytes = 128;           // full[kMaxStages] and empty[kMaxStages] mbarriers
 constexpr int kInflightTarget = 144 * 1024; // bytes of stages to keep in flight per SM (auto stages)
 constexpr int kMaxDevices = 64;
+constexpr int kProducerWarps = 2;          // split the stage's copies so one warp's issue rate is not the limit
 
 // Metadata for rows or K past the weight: nibble 0b0100 keeps columns 0 and 1 (a valid code; values are 0).
 __device__ __align__(16) uint32_t g_pad_meta[4] = {0x44444444u, 0x44444444u, 0x44444444u, 0x44444444u};
@@ -65,8 +66,9 @@ struct DecodeTile {
   static constexpr int kXBytes = kMPad * kXRowBytes;
   static constexpr int kStageBytes = kValuesBytes + kMetaBytes + kXBytes;
   static constexpr int kFrag = 2 * NT * 4 * 32;  // floats per consumer warp partial
-  static constexpr int kThreads = (CW + 1) * 32;
+  static constexpr int kThreads = (CW + kProducerWarps) * 32;
   static_assert(kStageBytes % 128 == 0, "stages must stay 128-byte aligned");
+  static_assert(kRows % 64 == 0, "the producer warps split R / 32 meta chunks in two");
   static_assert(kFrag <= kMaxFrag && CW <= kMaxConsumerWarps, "workspace slots are sized for NT <= 8, CW <= 8");
 };
 
@@ -98,7 +100,7 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      mbar_init(full_bar(bars, s), 32);  // the producer warp's 32 lanes
+      mbar_init(full_bar(bars, s), 32 * kProducerWarps);  // every producer lane
       mbar_init(empty_bar(bars, s), CW); // lane 0 of every consumer warp
     }
   }
@@ -112,12 +114,21 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
   }
   __syncthreads();  // barriers initialised, padding zeroed; the only CTA-wide barrier
 
-  if (warp == CW) {
-    // ------------------------------------------------------------------ producer warp
+  if (warp >= CW) {
+    // ------------------------------------------------------------------ producer warps
+    // Producer warp pw copies the even (pw = 0) or odd (pw = 1) j of every loop below.
     const uint64_t stream_policy = policy_evict_first();
     const uint64_t reuse_policy = policy_evict_last();
     const int64_t half_k = K / 2;
     const int k32_total = K / 32;
+    // per-lane constants: values rows (lane >> 3) + 4 j (j even / odd differ in their swizzle), x rows (lane >> 4) + 2 j
+    const int v_chunk = lane & 7, v_row0 = lane >> 3;
+    const uint32_t v_dst_even = v_row0 * kValueRowBytes + ((v_chunk ^ v_row0) << 4);
+    const uint32_t v_dst_odd = (v_row0 + 4) * kValueRowBytes + ((v_chunk ^ (v_row0 + 4)) << 4);
+    const int64_t v_step = 4 * half_k;
+    const int x_chunk = lane & 15, x_row0 = lane >> 4;
+    const int pw = warp - CW;
+    const uint32_t v_dst = pw ? v_dst_odd : v_dst_even;
     int slot = 0;
     uint32_t phase = 0;
     int t = static_cast<int>(u0 / chunks);
@@ -131,25 +142,25 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
       const int k0 = c * kKC;
       const int rows_ok = min(R, N - n0);
       {  // values: lane copies 16-byte chunk (lane & 7) of rows (lane >> 3) + 4 j: 128 B per row, coalesced
-        const int chunk = lane & 7;
-        const int row0 = lane >> 3;
-        const bool k_ok = k0 / 2 + chunk * 8 < half_k;
-        const T* src = values + static_cast<int64_t>(n0 + row0) * half_k + k0 / 2 + chunk * 8;
+        const T* src = values + static_cast<int64_t>(n0 + v_row0 + 4 * pw) * half_k + k0 / 2 + v_chunk * 8;
+        const bool k_ok = k0 / 2 + v_chunk * 8 < half_k;
+        if (k_ok && rows_ok == R) {  // every stage but a tail
 #pragma unroll
-        for (int j = 0; j < R / 4; ++j) {
-          const int row = row0 + 4 * j;
-          // src-size 0 zero-fills and reads nothing, so src may point past the weight there
-          cp_async_16_policy(vs + row * kValueRowBytes + ((chunk ^ (row & 7)) << 4), src,
-                             (k_ok && row < rows_ok) ? 16 : 0, stream_policy);
-          src += 4 * half_k;
+          for (int jj = 0; jj < R / 8; ++jj)  // j = 2 jj + pw
+            cp_async_16_policy(vs + v_dst + jj * 8 * kValueRowBytes, src + jj * 2 * v_step, 16, stream_policy);
+        } else {  // src-size 0 zero-fills and reads nothing, so src may point past the weight there
+#pragma unroll
+          for (int jj = 0; jj < R / 8; ++jj)
+            cp_async_16_policy(vs + v_dst + jj * 8 * kValueRowBytes, src + jj * 2 * v_step,
+                               (k_ok && v_row0 + 4 * (2 * jj + pw) < rows_ok) ? 16 : 0, stream_policy);
         }
       }
       {  // meta: per k32 step, the R / 32 groups' 128-byte words are contiguous (R * 4 bytes)
         constexpr int kSegChunks = R / 4;
         const int groups_ok = rows_ok / 32;
 #pragma unroll
-        for (int j = 0; j < R / 32; ++j) {
-          const int i = lane + 32 * j;
+        for (int jj = 0; jj < R / 64; ++jj) {
+          const int i = lane + 32 * (2 * jj + pw);
           const int step = i / kSegChunks;
           const int off = i % kSegChunks;
           const int k32 = c * kSteps + step;
@@ -160,13 +171,17 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
           cp_async_16_policy(ms + step * R * 4 + off * 16, src, 16, stream_policy);
         }
       }
-      // x: M token rows x 256 bytes (16 chunks), re-read per tile, so kept in L2
-      for (int i = lane; i < M * 16; i += 32) {
-        const int row = i >> 4;
-        const int chunk = i & 15;
-        const bool ok = k0 + chunk * 8 < K;
-        const T* src = x + row * x_stride + k0 + chunk * 8;
-        cp_async_16_policy(xs + row * kXRowBytes + ((chunk ^ (row & 7)) << 4), src, ok ? 16 : 0, reuse_policy);
+      {  // x: token rows (lane >> 4) + 2 j, 16-byte chunk (lane & 15): 256 B per row; re-read per tile, so kept in L2
+        const T* src = x + x_row0 * x_stride + k0 + x_chunk * 8;
+        const bool k_ok = k0 + x_chunk * 8 < K;
+#pragma unroll
+        for (int jj = 0; jj < NT * 2; ++jj) {
+          const int j = 2 * jj + pw;
+          if (2 * j >= M) break;
+          const int row = x_row0 + 2 * j;
+          cp_async_16_policy(xs + row * kXRowBytes + ((x_chunk ^ (row & 7)) << 4), src + 2 * j * x_stride,
+                             (k_ok && row < M) ? 16 : 0, reuse_policy);
+        }
       }
       cp_async_mbar_arrive(full_bar(bars, slot));
       if (++slot == stages) {

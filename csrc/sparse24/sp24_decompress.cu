@@ -33,28 +33,19 @@ __global__ void sp24_decompress_kernel(const uint16_t* __restrict__ values, cons
       const int row = 32 * g + 16 * s + i + 8 * h;
       const uint32_t bits = h == 0 ? (word & 0xFFFFu) : (word >> 16);
       const uint4 packed = *reinterpret_cast<const uint4*>(values + static_cast<int64_t>(row) * (K / 2) + 16 * c + 8 * j);
-      const uint16_t kept[8] = {
-          static_cast<uint16_t>(packed.x), static_cast<uint16_t>(packed.x >> 16), static_cast<uint16_t>(packed.y),
-          static_cast<uint16_t>(packed.y >> 16), static_cast<uint16_t>(packed.z), static_cast<uint16_t>(packed.z >> 16),
-          static_cast<uint16_t>(packed.w), static_cast<uint16_t>(packed.w >> 16)};
-      uint16_t dense[16];
-#pragma unroll
-      for (int e = 0; e < 16; ++e) dense[e] = 0;
+      // group q's 4 outputs as one 64-bit word: the two kept values shifted to their positions (no local array)
+      const uint32_t kept[4] = {packed.x, packed.y, packed.z, packed.w};  // value pairs of groups 0..3
+      uint32_t dense[8];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const uint32_t nib = (bits >> (4 * q)) & 0xFu;
-        dense[4 * q + (nib & 3u)] = kept[2 * q];
-        dense[4 * q + (nib >> 2)] = kept[2 * q + 1];
+        const uint64_t group = (static_cast<uint64_t>(kept[q] & 0xFFFFu) << (16 * (nib & 3u))) |
+                               (static_cast<uint64_t>(kept[q] >> 16) << (16 * (nib >> 2)));
+        dense[2 * q] = static_cast<uint32_t>(group);
+        dense[2 * q + 1] = static_cast<uint32_t>(group >> 32);
       }
-      uint4 lo, hi;
-      lo.x = dense[0] | (uint32_t(dense[1]) << 16);
-      lo.y = dense[2] | (uint32_t(dense[3]) << 16);
-      lo.z = dense[4] | (uint32_t(dense[5]) << 16);
-      lo.w = dense[6] | (uint32_t(dense[7]) << 16);
-      hi.x = dense[8] | (uint32_t(dense[9]) << 16);
-      hi.y = dense[10] | (uint32_t(dense[11]) << 16);
-      hi.z = dense[12] | (uint32_t(dense[13]) << 16);
-      hi.w = dense[14] | (uint32_t(dense[15]) << 16);
+      const uint4 lo = make_uint4(dense[0], dense[1], dense[2], dense[3]);
+      const uint4 hi = make_uint4(dense[4], dense[5], dense[6], dense[7]);
       uint4* dst = reinterpret_cast<uint4*>(out + static_cast<int64_t>(row) * K + 32 * c + 16 * j);
       dst[0] = lo;
       dst[1] = hi;

@@ -262,3 +262,26 @@ def test_model_constants_are_the_kernels():
     assert const(header, "kSp24DecodeMaxM") == ref.MAX_M
     assert "NT >= 4 ? 256 : 128" in src and ref.default_rows(17) == 256 and ref.default_rows(16) == 128
     assert ref.workspace_bytes(132) == 4352 + 132 * 8 * 2048 * 4
+
+
+@pytest.mark.parametrize("rows", [128, 256])
+@pytest.mark.parametrize("nt", [1, 2, 4, 8])
+def test_producer_warps_copy_every_chunk_of_a_stage_once(rows, nt):
+    """The two producer warps' loops (pw, jj, lane) as written in the kernel, against the stage layout."""
+    values, meta, xs = [], [], []
+    for pw in range(2):
+        for lane in range(32):
+            v_chunk, v_row0 = lane & 7, lane >> 3
+            v_dst = (v_row0 + 4 * pw) * 128 + ((v_chunk ^ (v_row0 + 4 * pw)) << 4)
+            for jj in range(rows // 8):
+                row = v_row0 + 4 * (2 * jj + pw)
+                assert v_dst + jj * 8 * 128 == values_offset(row, v_chunk)
+                values.append((row, v_chunk))
+            for jj in range(rows // 64):
+                i = lane + 32 * (2 * jj + pw)
+                meta.append(divmod(i, rows // 4))
+            for jj in range(nt * 2):
+                xs.append(((lane >> 4) + 2 * (2 * jj + pw), lane & 15))
+    assert sorted(values) == [(r, c) for r in range(rows) for c in range(8)]
+    assert sorted(meta) == [(s, o) for s in range(4) for o in range(rows // 4)]
+    assert sorted(xs) == [(r, c) for r in range(8 * nt) for c in range(16)]
