@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import statistics
 import time
 from unittest import mock
@@ -130,7 +131,7 @@ def forward_rows(ctx: RunContext, args) -> list:
         for m in MS:
             case = f"forward/{n}x{k}/M={m}"
             params = {"M": m, "N": n, "K": k, "dtype": str(dtype).replace("torch.", ""), "calls": calls,
-                      "repeats": repeats, "launch": launch}
+                      "repeats": repeats, "launch": launch, "load_average_1min": os.getloadavg()[0]}
             x = torch.randn(m, k, device=ctx.device, dtype=dtype)
             try:
                 torch.testing.assert_close(sparse(x), linear(x), atol=1e-2, rtol=1e-2)  # warm-up builds the plan
