@@ -53,7 +53,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=PACKAGES,
-    package_data={"sparsekit": ["tuning/*.json"]},  # measured dispatcher tables (benchmarks/tune_sparse24.py)
+    package_data={"sparsekit": ["tuning/*.json"]},  # measured dispatcher tables (python -m benchmarks kernels --write-table)
     package_dir=PACKAGE_DIR,
     install_requires=[
         "torch>=2.4",

@@ -4,8 +4,10 @@
 LLaMA-7B shapes against their torch forms.
 
 2:4 matmul, y = x @ W^T with W (N, K) 2:4-sparse along K, x (M, K), bf16:
-  providers  dense (cuBLAS via F.linear on fully dense random W), triton / cuda / auto (sparsekit.ops.sparse24_matmul
-             with backend="triton" / "cuda" / None, the last being what SparseLinear24 uses),
+  providers  dense (cuBLAS via F.linear on fully dense random W), triton / cuda / cublas / auto
+             (sparsekit.ops.sparse24_matmul with backend="triton" / "cuda" / "cublas" / None, the last being what
+             SparseLinear24 uses; cublas decompresses into one reusable scratch, then cuBLAS), cuda-r128 /
+             cuda-r256 (sp24_decode with a fixed tile height, M <= 64),
              cusparselt / cutlass (torch.sparse.to_sparse_semi_structured + F.linear), cusparselt-search
              (torch._cslt_sparse_mm with the alg_id that _cslt_sparse_mm_search picks).
   bytes      dense 2NK + 2MK + 2MN; 2:4 1.125NK + 2MK + 2MN (values NK/2 + metadata NK/16 16-bit words),
@@ -14,7 +16,14 @@ LLaMA-7B shapes against their torch forms.
              TFLOP/s (dense-equivalent 2MNK), bandwidth ceiling = dense bytes / 2:4 bytes (1.78x at M=1).
 Each provider's output is checked against an fp32 reference first (relative error in the row); a
 wrong result makes its rows "error". Weights and inputs are random and rotated through more than
-twice the L2 size; µs-scale cases are timed in CUDA graphs.
+twice the L2 size; µs-scale cases are timed in CUDA graphs (benchmarks.timing.time_cudagraph: one graph
+of >= 50 calls rotating over the weight copies, 15 replays), and the eager host cost per call
+(enqueue, no sync) is reported separately as derived["host_us_per_call"].
+
+--write-table [PATH] turns the 2:4 rows of this device (the results file, read at the end) into the
+dispatcher's tuning table (sparsekit.cuda_backend.sparse24_dispatch.table_from_rows), merged per device
+into PATH (default: the dispatcher's table). Only dense / triton / cuda / cublas rows enter it: cuSPARSELt
+is explicit-only (torch plans it on every call).
 """
 from __future__ import annotations
 
@@ -27,12 +36,15 @@ import torch.nn.functional as F
 
 from benchmarks.common import (RunContext, Skip, call_with_supported, describe_exception, free_memory,
                                optional_attr, prune_24_by_magnitude, random_like_weights, skip_row)
-from benchmarks.timing import Rotation, copy_bandwidth, rotation_copies, time_fn
+from benchmarks.schema import load_rows
+from benchmarks.timing import Rotation, copy_bandwidth, host_us_per_call, rotation_copies, time_fn
 
 BENCHMARK = "kernels"
 LLAMA_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 4096]
-GPU_PROVIDERS = ["dense", "triton", "cuda", "auto", "cusparselt", "cusparselt-search", "cutlass"]
+GPU_PROVIDERS = ["dense", "triton", "cuda", "cublas", "auto", "cusparselt", "cusparselt-search", "cutlass"]
+TABLE_PROVIDERS = ("dense", "triton", "cuda", "cublas")  # what the dispatcher table is built from
+DECODE_MAX_M = 64
 QUICK_SHAPES = [(128, 256), (192, 128)]
 QUICK_MS = [1, 8, 32]
 QUICK_PROVIDERS = ["dense", "torch"]
@@ -51,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kernel-dtype", default="bfloat16", choices=["bfloat16", "float16"])
     g.add_argument("--stats-tokens", type=int, default=2048, help="tokens per calibration sequence for stats")
     g.add_argument("--stats-chunk", type=int, default=8, help="sequences per activation_stats call (the pipeline's batch)")
+    g.add_argument("--write-table", nargs="?", const="", default=None, metavar="PATH",
+                   help="after the 2:4 sweep, write the dispatcher tuning table from this device's rows "
+                        "(default path: the dispatcher's table)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +120,23 @@ def _prepare_cslt_search(w24):
     return run
 
 
+def _prepare_decode(rows: int):
+    def prepare(w24):
+        if w24.device.type != "cuda":
+            raise Skip("sp24_decode needs a CUDA device")
+        from sparsekit import ops
+        from sparsekit.cuda_backend.sparse24 import sparse24_decode
+
+        values, meta = ops.compress_24(w24)
+        return lambda x: sparse24_decode(x, values, meta, None, rows=rows)
+    return prepare
+
+
 PREPARE = {
     "dense": lambda w: (lambda x: F.linear(x, w)),
+    "cublas": _prepare_ours("cublas"),
+    "cuda-r128": _prepare_decode(128),
+    "cuda-r256": _prepare_decode(256),
     "torch": _prepare_ours("torch"),
     "auto": _prepare_ours(None),
     "triton": _prepare_ours("triton"),
@@ -175,6 +205,9 @@ def _matmul_case(ctx, n, k, m, runners, errors, sets, dtype, copy_gbps, gen) -> 
             status, _, reason = runner.partition(": ")
             rows.append(skip_row(ctx, BENCHMARK, case, provider, reason, status=status, params=params))
             continue
+        if provider.startswith("cuda-r") and m > DECODE_MAX_M:
+            rows.append(skip_row(ctx, BENCHMARK, case, provider, f"sp24_decode takes M <= {DECODE_MAX_M}", params=params))
+            continue
         rot = Rotation(list(zip(runner, xs)))
 
         def call(rot=rot):
@@ -194,13 +227,16 @@ def _matmul_case(ctx, n, k, m, runners, errors, sets, dtype, copy_gbps, gen) -> 
                    "bandwidth_ceiling": matmul_bytes(m, n, k, False) / matmul_bytes(m, n, k, True)}
         if copy_gbps:
             derived["pct_copy_bw"] = 100 * derived["gbps"] / copy_gbps
+        if ctx.is_cuda:
+            derived["host_us_per_call"] = host_us_per_call(call, ctx.device)
         rows.append(ctx.row(benchmark=BENCHMARK, case=case, provider=provider, params=params, derived=derived,
                             **timing.row_fields()))
     dense = times.get("dense")
     for row in rows:
         if row.status == "ok" and dense is not None:
             row.derived["speedup_vs_dense"] = dense.median_ms / row.median
-    ctx.log(f"  M={m}: " + ", ".join(f"{p} {t.median_ms * 1e3:.1f}us" for p, t in times.items()))
+    ctx.log(f"  M={m}: " + ", ".join(f"{p} {t.median_ms * 1e3:.1f}us" + (f" ({dense.median_ms / t.median_ms:.2f}x)" if dense else "")
+                                     for p, t in times.items()))
     return rows
 
 
@@ -215,6 +251,58 @@ def bench_matmul(ctx: RunContext, args, copy_gbps) -> None:
     done = ctx.done(BENCHMARK)
     for n, k in shapes:
         _matmul_shape(ctx, n, k, ms, providers, dtype, copy_gbps, done)
+
+
+def _dispatch_module():
+    """The dispatcher (moving to sparsekit.cuda_backend.sparse24_dispatch); imported late, wherever it lives."""
+    try:
+        from sparsekit.cuda_backend import sparse24_dispatch
+    except ImportError:
+        from sparsekit import sparse24_dispatch
+    return sparse24_dispatch
+
+
+def tuning_rows(rows) -> list:
+    """The successful GPU 2:4 rows the dispatcher table is built from."""
+    return [r for r in rows if r.status == "ok" and r.device_kind == "cuda" and not r.quick
+            and r.case.startswith("sparse24_matmul/") and r.provider in TABLE_PROVIDERS]
+
+
+def merge_tuning_table(rows, path=None) -> tuple[object, int]:
+    """Write the table of `rows` (table_from_rows) into `path`, replacing only the devices they measured."""
+    import json
+    from pathlib import Path
+
+    dispatch = _dispatch_module()
+    fresh = dispatch.table_from_rows(tuning_rows(rows))
+    target = Path(path) if path else dispatch.table_path()
+    table = {"format": dispatch.TABLE_FORMAT, "devices": {}}
+    if target.exists():
+        loaded = json.loads(target.read_text())
+        if loaded.get("format") == dispatch.TABLE_FORMAT:
+            table = loaded
+    entries = 0
+    for name, device in fresh["devices"].items():
+        sample = next(r for r in rows if r.device == name)
+        device.update(torch=sample.torch, triton=sample.triton, cuda=sample.cuda, command=sample.command,
+                      measured_at=sample.timestamp, git_commit=sample.git_commit)
+        table["devices"][name] = device
+        entries += len(device["entries"])
+    written = dispatch.write_table(table, target)
+    dispatch.reload_table()
+    return written, entries
+
+
+def write_tuning_table(ctx: RunContext, path: str | None) -> None:
+    if not ctx.is_cuda or ctx.quick:
+        ctx.log("--write-table: skipped, a tuning table needs rows measured on a CUDA device")
+        return
+    rows = load_rows(ctx.path(BENCHMARK))  # everything this device has measured, this run and resumed ones
+    if not tuning_rows(rows):
+        ctx.log("--write-table: no successful 2:4 matmul rows for this device; table left alone")
+        return
+    written, entries = merge_tuning_table(rows, path)
+    ctx.log(f"tuning table: {written} ({entries} entries for this device)")
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -369,6 +457,8 @@ def run(ctx: RunContext, args) -> None:
     op_shapes = QUICK_OP_SHAPES if ctx.quick else OP_SHAPES
     if "matmul" in ops_wanted:
         bench_matmul(ctx, args, copy_gbps)
+    if args.write_table is not None:
+        write_tuning_table(ctx, args.write_table or None)
     if "wanda" in ops_wanted:
         bench_wanda(ctx, args, op_shapes)
     if "select" in ops_wanted:

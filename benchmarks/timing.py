@@ -1,8 +1,12 @@
 """Timing: median and p20/p80 of a callable, on GPU with Triton's timers, on CPU with a wall clock.
 
 GPU: `triton.testing.do_bench` (CUDA events, warm-up, L2 flushed between calls) or, for µs-scale
-kernels, `do_bench_cudagraph` (the calls are captured in a CUDA graph and replayed, so launch
-gaps vanish; nothing flushes L2 there, so callers rotate their inputs with `Rotation`).
+kernels, `time_cudagraph`: at least 50 calls captured in one CUDA graph on a stream kept per device,
+the graph replayed 15 times, each replay timed with CUDA events; the per-call time is replay time /
+calls (launch gaps vanish; nothing flushes L2, so callers rotate their inputs with `Rotation` over
+more than twice the L2). do_bench with an L2 flush must not time Python-launched µs kernels: when the
+host needs longer per call than the flush, it measures the host (shared/docs/kernels-h200.md §1d).
+`host_us_per_call` is the eager enqueue cost, reported separately.
 CPU: warm-up, then repeated calls timed with perf_counter. Quantiles as Triton computes them
 (`torch.quantile`, linear interpolation).
 """
@@ -86,11 +90,70 @@ def time_fn(fn: Callable, device, *, cudagraph: bool = False, warmup_ms: float =
     fallback = ""
     if cudagraph:
         try:
-            return Timing(*tt.do_bench_cudagraph(fn, rep=rep_ms, quantiles=list(QUANTILES)), method="cudagraph")
+            return time_cudagraph(fn, device, rep_ms=rep_ms)
         except Exception as exc:  # not capturable (host sync, allocation pattern, ...): time it uncaptured
             torch.cuda.synchronize()
             fallback = f" (CUDA graph capture failed: {type(exc).__name__}: {str(exc)[:200]})"
     return Timing(*tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES)), method="do_bench" + fallback)
+
+
+_GRAPH_STREAMS: dict[int, "torch.cuda.Stream"] = {}
+
+
+def _graph_stream(device) -> "torch.cuda.Stream":
+    """One capture stream per device for the whole run (per-stream workspaces are then created once)."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _GRAPH_STREAMS:
+        _GRAPH_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _GRAPH_STREAMS[index]
+
+
+def time_cudagraph(fn: Callable, device, *, rep_ms: float = 20.0, min_calls: int = 50, max_calls: int = 2000,
+                   replays: int = 15) -> Timing:
+    """Per-call GPU time of `fn` inside one CUDA graph of max(min_calls, rep_ms worth of) calls, replayed
+    `replays` times (quantiles over the replays)."""
+    stream = _graph_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()  # outside the capture: lazy workspaces, autotuning
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            fn()
+        end.record()
+        end.synchronize()
+        estimate_ms = max(start.elapsed_time(end) / 5, 1e-4)
+        calls = int(min(max_calls, max(min_calls, rep_ms / estimate_ms)))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                fn()
+        graph.replay()  # first replay uploads the graph
+        samples = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / calls)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    del graph
+    return Timing(*_quantiles(samples), method=f"cudagraph ({calls} calls x {replays} replays)")
+
+
+def host_us_per_call(fn: Callable, device, calls: int = 200) -> float:
+    """Eager host cost: µs per call to enqueue `fn` back to back (no synchronisation inside the loop)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return elapsed / calls * 1e6
 
 
 class Rotation:
