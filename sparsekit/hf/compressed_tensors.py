@@ -86,6 +86,14 @@ def _cutlass_16bit(packed: torch.Tensor, path: Path) -> torch.Tensor:
     return packed
 
 
+def _check_24(dense: torch.Tensor, name: str, path: Path) -> None:
+    """A weight stored as 2:4 keeps at most 2 of every 4 consecutive inputs; more means a corrupt bitmask/meta."""
+    rows, cols = dense.shape
+    if cols % 4 == 0 and bool(((dense != 0).reshape(rows, cols // 4, 4).sum(-1) > 2).any()):
+        raise ValueError(f"{path}: the compressed weight of {name!r} keeps more than 2 of 4 values in some group; "
+                         "its bitmask/metadata is corrupt. Re-export the checkpoint")
+
+
 def load(path: Path, qconfig: dict, dtype, backend, trust_remote_code) -> tuple[nn.Module, list[str]]:
     """Load a compressed-tensors sparse-24-bitmask / sparse-24 checkpoint; returns (model, layers kept dense)."""
     if qconfig.get("config_groups"):
@@ -111,6 +119,7 @@ def load(path: Path, qconfig: dict, dtype, backend, trust_remote_code) -> tuple[
             del state[f"{prefix}.{suffix}"]
         name = prefix.removesuffix(".weight")
         (dense,) = parts(tensors)
+        _check_24(dense, name, path)
         try:
             module = model.get_submodule(name)
         except AttributeError:

@@ -68,6 +68,17 @@ def resolve_checkpoint(spec: str) -> str:
         if not (out / "config.json").exists():
             convert_gguf(path.resolve(), out)
         return str(out)
+    if not path.exists():
+        import os
+
+        from sparsekit.preflight import looks_like_path
+
+        if looks_like_path(spec):  # never sent to a hub
+            raise FileNotFoundError(f"model {spec!r} does not exist: pass a Hugging Face checkpoint directory, a .gguf file, "
+                                    f"a hub id <org>/<name>, or one of {sorted(EMBEDDED_MODELS)}")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise FileNotFoundError(f"model {spec!r} is not a local directory and HF_HUB_OFFLINE is set, so the hub is not "
+                                    "asked; pass a checkpoint directory or unset HF_HUB_OFFLINE")
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{spec!r} exists but has no config.json: pass a Hugging Face checkpoint directory, a .gguf file, or one of {sorted(EMBEDDED_MODELS)}")
     return spec
@@ -87,7 +98,7 @@ def resolve_dtype(dtype, device="cpu"):
 
 
 def load_model(spec: str = DEFAULT_MODEL, *, dtype="auto", device="cpu", trust_remote_code: bool = False,
-               offload: str = "none"):
+               offload: str = "none", allow_missing: bool = False):
     """(model, tokenizer) in eval mode on `device`.
 
     dtype "auto" (default): bfloat16 where `device` computes it natively, else float32 (sparsekit.dtypes);
@@ -97,15 +108,19 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype="auto", device="cpu", trust_r
     weights in CPU memory (the pipeline moves one block at a time to `device`); offload="disk" loads
     only the modules outside the transformer blocks: the blocks stay on the meta device and the
     pipeline streams each from the checkpoint's safetensors files in turn, so models larger than CPU
-    and GPU memory can be pruned.
+    and GPU memory can be pruned. A checkpoint lacking weights the model needs is refused unless
+    allow_missing=True; encoders, encoder-decoders and truncated safetensors files are refused up front.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsekit.preflight import check_checkpoint, check_loading_info
 
     from sparsekit.hf.compressed import from_pretrained, is_compressed
 
     if offload not in ("none", "cpu", "auto", "disk"):
         raise ValueError(f"offload must be none, cpu, auto or disk, got {offload!r}")
     checkpoint = resolve_checkpoint(spec)
+    check_checkpoint(checkpoint, trust_remote_code)
     dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     if offload == "disk":
@@ -113,12 +128,14 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype="auto", device="cpu", trust_r
     if is_compressed(checkpoint):  # a 2:4 checkpoint: rebuilt with SparseLinear24 layers
         model = from_pretrained(checkpoint, dtype=dtype, trust_remote_code=trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             checkpoint,
             dtype=parse_dtype(dtype) or "auto",
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
+        check_loading_info(info, checkpoint, allow_missing)
     model.eval().to("cpu" if offload in ("cpu", "auto") else device)
     model.config.use_cache = False
     return model, tokenizer

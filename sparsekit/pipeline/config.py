@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 from sparsekit._validate import check_sparsity, parse_pattern
 from sparsekit.allocation import check_allocation
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
+from sparsekit.preflight import check_regexes
 
 
 @dataclass
@@ -53,11 +54,12 @@ class PruneConfig:
             raise ValueError(f"max_gpu_memory must be a positive number of GiB, got {self.max_gpu_memory}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_regexes(self.targets, "targets")
+        check_regexes(self.ignore, "ignore")
         if isinstance(self.sparsity, Mapping):
+            check_regexes(self.sparsity.keys(), "sparsity")
             for key, value in self.sparsity.items():
                 check_sparsity(value)
-                if key.startswith("re:"):
-                    re.compile(key[3:])
         elif self.sparsity is None:
             if not self.m:
                 raise ValueError("sparsity is required for unstructured pruning")

@@ -23,6 +23,7 @@ from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import capture_inputs
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
 from sparsekit.pipeline.config import PruneConfig
+from sparsekit.preflight import check_layer_selection
 from sparsekit.pipeline.placement import DiskStream, module_device, plan_placement
 from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport, row_sparsity_spread
 from sparsekit.pruners import BlockContext, LayerTarget, make_pruner
@@ -100,6 +101,7 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
     if distributed.world()[1] > 1 and not pruner.supports_distributed:
         raise ValueError(f"method {config.method!r} does not support several processes; run it in one process")
     block_path, blocks = find_blocks(model, config.blocks)
+    check_layer_selection(model, config.targets, config.ignore, n=config.n, m=config.m, blocks_path=config.blocks)
     device = torch.device(config.device) if config.device else model_device(model)
     local_ids = distributed.shard_batches(calibration, config.batch_size)
     plan = plan_placement(model, blocks, block_path, local_ids.shape[0], local_ids.shape[1], device,

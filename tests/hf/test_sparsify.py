@@ -319,13 +319,15 @@ def test_cli_sparsify(pruned_llama, tmp_path, capsys):
 
     pruned_llama.save_pretrained(tmp_path / "pruned")
     byte_tokenizer().save_pretrained(tmp_path / "pruned")
-    rc = main(["sparsify", "--model", str(tmp_path / "pruned"), "--out", str(tmp_path / "ck"), "--json", str(tmp_path / "s.json")])
+    rc = main(["sparsify", "--model", str(tmp_path / "pruned"), "--out", str(tmp_path / "ck"), "--json", str(tmp_path / "s.json"),
+               "--dtype", "checkpoint"])  # the stored float32: compared bit for bit below
     assert rc == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["sparse_layers"] == 14 and summary["disk_ratio"] == pytest.approx(2.125 / 4)
     assert "in memory, compressed" in capsys.readouterr().out
     assert torch.equal(logits(sparsekit.from_pretrained(tmp_path / "ck")), logits(pruned_llama))
-    rc = main(["sparsify", "--model", str(tmp_path / "ck"), "--out", str(tmp_path / "bm"), "--format", "sparse-24-bitmask"])
+    rc = main(["sparsify", "--model", str(tmp_path / "ck"), "--out", str(tmp_path / "bm"), "--format", "sparse-24-bitmask",
+               "--dtype", "checkpoint"])
     assert rc == 0 and torch.equal(logits(sparsekit.from_pretrained(tmp_path / "bm")), logits(pruned_llama))
 
     dense = tiny_llama(hidden=128, intermediate=256)
