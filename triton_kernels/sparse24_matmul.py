@@ -32,6 +32,7 @@ lookup, integer grid arithmetic, the compiled kernel's C launcher).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -528,7 +529,7 @@ class LaunchPlan:
         return self  # immutable and shared by every layer of this shape
 
     def general(self, x, values, meta, bias):
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else _nullcontext():
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
             out = sparse24_matmul(x.reshape(-1, self.k), values, meta, bias, config=self.config)
         return out.reshape(*x.shape[:-1], self.n)
 
@@ -551,14 +552,6 @@ class LaunchPlan:
         return out
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def build_launch_plan(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
                       *, compile_kernel=None):
     """(LaunchPlan for x2d's M bucket, the output of this call). Needs CUDA tensors (not the interpreter).
@@ -572,6 +565,12 @@ def build_launch_plan(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     device = x2d.device
     if device.type == "cuda" and _interpreting():
         raise RuntimeError("launch plans need compiled kernels; under TRITON_INTERPRET=1 use sparse24_matmul")
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # Triton compiles for the current device
+        return _build_launch_plan(x2d, values, meta, bias, compile_kernel)
+
+
+def _build_launch_plan(x2d, values, meta, bias, compile_kernel):
+    device = x2d.device
     if _capturing(device):
         raise RuntimeError("the first 2:4 matmul call of this batch-size bucket is inside CUDA-graph capture; run "
                            "the model once eagerly at this batch size before capturing (reduce-overhead does)")

@@ -144,7 +144,7 @@ class SparseLinear24(nn.Module):
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
-        self._revalidate(check_content=False)  # a move or cast keeps the content
+        self._revalidate(check_content=self._refused)  # a move or cast keeps the content (refused stays refused)
         return result
 
     def __setattr__(self, name, value):
