@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# One command for a GPU session (repository root of a plain copy, CUDA machine, no network needed):
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]      (default: $OUT if set, else benchmarks/results/gpu-check)
+#
+#   1. env      GPU, driver, torch / Triton / nvcc versions, git commit -> environment.txt
+#   2. build    csrc/ -> sparsekit._C for the visible GPU (setup.py build_ext --inplace) -> build.log
+#   3. test     every CUDA test natively (the sp24 kernels first, then tests/kernels and tests/nn), the
+#               extension required -> pytest.log, pytest.xml
+#   4. kernels  2:4 matmul sweep (CUDA-graph timing, weights rotated over > 2x L2, cuBLAS in the same run,
+#               host µs per call) on the issue's shapes, then the dispatcher table from those rows
+#               (--write-table) -> results/<device>/kernels.jsonl, sparse24_matmul.json
+#   5. decode   LLaMA-7B-shaped decode, dense vs 2:4, CUDA graphs, tokens/s and peak memory -> results/
+#   6. prune    pruning time, 2 LLaMA-7B-shaped blocks, 128 x 2048 tokens -> results/
+#   7. summary  the ratio table and the decode rows -> summary.txt
+# Everything lands in OUT_DIR with gpu_check.log. The steps share BUDGET_S seconds (default 470, under the
+# 8 minutes a session gives it); each has its own limit and a step cut short keeps the rows it wrote.
+# Subsets: STEPS=env,build,test bash benchmarks/gpu_check.sh; SHAPES=4096x4096 MS=1,16 for a short sweep.
+#
+# Without a CUDA GPU it says so, runs what a CPU can (the sm_90a/sm_80 compile and SASS evidence with
+# nvcc, the CPU model tests, the CUDA tests' clean skips, a quick benchmark smoke run) and exits 0.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-benchmarks/results/gpu-check}}
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+RESULTS="$OUT_DIR/results"
+LOG="$OUT_DIR/gpu_check.log"
+PY=${PYTHON:-python3}
+BUDGET=${BUDGET_S:-470}
+STEPS=${STEPS:-env,build,test,kernels,decode,prune,summary}
+SHAPES=${SHAPES:-4096x4096,11008x4096,4096x11008,14336x4096}
+MS=${MS:-1,2,4,8,16,32,64,128,512,2048}
+PROVIDERS=${PROVIDERS:-dense,triton,cuda,cuda-r128,cuda-r256,cublas,auto}
+TESTS=${TESTS:-tests/kernels/test_sp24_decode_cuda.py tests/kernels/test_sparse24_matmul.py tests/kernels/test_sp24_decode_model.py tests/benchmarks/test_kernel_table.py tests/nn tests/kernels}
+export PYTHONUNBUFFERED=1
+# the project as the device machine runs it: sparsekit.triton_kernels from ../triton_kernels, the repo on the path
+if ! "$PY" -c "import sparsekit.triton_kernels" 2>/dev/null && [ ! -e sparsekit/triton_kernels ]; then
+  ln -s ../triton_kernels sparsekit/triton_kernels
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+step() { [[ ",$STEPS," == *",$1,"* ]]; }
+SUMMARY=()
+
+run_step() {  # run_step NAME LIMIT_S CMD...: CMD under min(LIMIT_S, what is left of the budget)
+  local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS - 10))
+  if [ "$left" -lt "$limit" ]; then limit=$left; fi
+  if [ "$limit" -lt 20 ]; then echo "!! $name: not run, the ${BUDGET}s budget is spent"; SUMMARY+=("$name: not run (budget)"); return 0; fi
+  echo "== $name (limit ${limit}s): $*"
+  local start=$SECONDS
+  timeout --signal=INT --kill-after=20 "$limit" "$@"
+  local rc=$?
+  local note=""
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then note=" (time limit: rows written so far are kept)"; fi
+  echo "== $name: exit $rc in $((SECONDS - start)) s$note"
+  SUMMARY+=("$name: exit $rc, $((SECONDS - start)) s$note")
+}
+
+cpu_only() {
+  echo "!! no CUDA GPU visible (torch.cuda.is_available() is False): the device steps (build, native tests,"
+  echo "!! kernel sweep, decode, prune time, tuning table) are NOT run; running the CPU parts only."
+  if command -v nvcc >/dev/null; then
+    run_step compile-evidence 240 "$PY" -m benchmarks.sass_evidence --out "$OUT_DIR/sm90a-compile"
+  else
+    echo "!! nvcc not found: no compile evidence"; SUMMARY+=("compile-evidence: not run (no nvcc)")
+  fi
+  run_step cpu-tests 300 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_sp24_decode_model.py \
+    tests/kernels/test_sparse24_mma_layout.py tests/kernels/test_sp24_decode_cuda.py tests/benchmarks/test_kernel_table.py
+  run_step kernels-smoke 120 "$PY" -m benchmarks kernels --quick --ops matmul --results-dir "$RESULTS" --write-table "$OUT_DIR/sparse24_matmul.json"
+  echo "== summary (CPU dry run: no GPU number was measured)"
+  printf '  %s\n' "${SUMMARY[@]}"
+}
+
+{
+echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), out $OUT_DIR"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  cpu_only
+  exit 0
+fi
+
+if step env; then
+  {
+    echo "command: bash benchmarks/gpu_check.sh $*"
+    echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown) $(git status --porcelain 2>/dev/null | wc -l) changed files"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 || true
+    "$PY" -c "import torch, triton; p = torch.cuda.get_device_properties(0); print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__, '|', p.name, 'cc', torch.cuda.get_device_capability(), 'SMs', p.multi_processor_count, 'L2 MiB', getattr(p, 'L2_cache_size', 0) >> 20)"
+    nvcc --version 2>/dev/null | tail -2 || echo "nvcc: not found"
+  } 2>&1 | tee "$OUT_DIR/environment.txt"
+fi
+
+ARCH=$("$PY" -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}{b}' + ('a' if (a, b) == (9, 0) else ''))")
+if step build; then
+  export SPARSEKIT_CUDA_ARCHS=$ARCH MAX_JOBS=${MAX_JOBS:-16}
+  run_step build 150 "$PY" setup.py build_ext --inplace >"$OUT_DIR/build.log" 2>&1
+  echo "${SUMMARY[-1]}"; tail -3 "$OUT_DIR/build.log"
+  "$PY" -c "import sparsekit._C as c, torch; print('sparsekit._C:', c.__file__, '| ops:', torch.ops.sparsekit.sp24_linear)" \
+    || echo "!! sparsekit._C does not load: the cuda provider rows will say why"
+fi
+
+if step test; then
+  # shellcheck disable=SC2086
+  export SPARSEKIT_REQUIRE_CUDA_EXT=1 SPARSEKIT_JIT_BUILD=0
+  run_step test 150 "$PY" -m pytest -q -p no:cacheprovider \
+    --junitxml="$OUT_DIR/pytest.xml" $TESTS >"$OUT_DIR/pytest.log" 2>&1
+  echo "${SUMMARY[-1]}"; tail -15 "$OUT_DIR/pytest.log"
+fi
+
+if step kernels; then
+  run_step kernels 170 "$PY" -m benchmarks kernels --ops copy,matmul --shapes "$SHAPES" --ms "$MS" --providers "$PROVIDERS" \
+    --graph-rep-ms 10 --results-dir "$RESULTS" --write-table
+  cp sparsekit/tuning/sparse24_matmul.json "$OUT_DIR/" 2>/dev/null || echo "!! no tuning table written"
+fi
+
+if step decode; then
+  run_step decode 110 "$PY" -m benchmarks decode --batch-sizes 1,16 --prompt-len 128 --new-tokens 128 --repeats 3 \
+    --results-dir "$RESULTS"
+fi
+
+if step prune; then
+  run_step prune-time 90 "$PY" -m benchmarks prune-time --models llama7b --llama-layers 2 --methods wanda,sparsegpt \
+    --nsamples 128 --seqlen 2048 --results-dir "$RESULTS"
+fi
+
+if step summary; then
+  "$PY" - "$RESULTS" <<'EOF' 2>&1 | tee "$OUT_DIR/summary.txt"
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.schema import load_rows
+
+root = Path(sys.argv[1])
+for path in sorted(root.glob("*/kernels.jsonl")):
+    rows = [r for r in load_rows(path) if r.case.startswith("sparse24_matmul/")]
+    table = defaultdict(dict)
+    for r in rows:
+        shape, m = r.case.split("/")[1], int(r.case.split("M=")[1])
+        table[shape][(m, r.provider)] = r
+    print(f"2:4 matmul, GPU time per call (CUDA graph), x cuBLAS dense in the same run; {path}")
+    for shape, cells in table.items():
+        ms = sorted({m for m, _ in cells})
+        providers = sorted({p for _, p in cells if p != "dense"})
+        print(f"  {shape}: dense us " + " ".join(f"M{m}={cells[(m, 'dense')].median * 1e3:.1f}" for m in ms if (m, "dense") in cells and cells[(m, "dense")].status == "ok"))
+        for p in providers:
+            out = []
+            for m in ms:
+                r = cells.get((m, p))
+                out.append(f"M{m}={r.derived.get('speedup_vs_dense', float('nan')):.2f}" if r and r.status == "ok" else f"M{m}={r.status if r else '-'}")
+            host = [r.derived.get("host_us_per_call") for (m, q), r in cells.items() if q == p and r.status == "ok"]
+            host = [h for h in host if h]
+            print(f"    {p:10s} " + " ".join(out) + (f" | host us/call {min(host):.0f}-{max(host):.0f}" if host else ""))
+for path in sorted(root.glob("*/decode.jsonl")):
+    print(f"decode: {path}")
+    for r in load_rows(path):
+        if r.status == "ok":
+            peak = r.derived.get("peak_memory_bytes")
+            print(f"  {r.case} [{r.provider}] {r.median:.1f} {r.unit}" + (f", peak {peak / 1e9:.1f} GB" if peak else ""))
+        else:
+            print(f"  {r.case} [{r.provider}] {r.status}: {r.reason[:200]}")
+EOF
+fi
+echo "== done in ${SECONDS}s (budget ${BUDGET}s)"
+printf '  %s\n' "${SUMMARY[@]}"
+} 2>&1 | tee "$LOG"
