@@ -19,7 +19,7 @@ import triton.language as tl
 
 from sparsekit.torch_backend.dsnot_exact import initial_residual
 
-BIG = 2**30
+BIG: tl.constexpr = tl.constexpr(2**30)  # index sentinel above any column; a jit function reads only constexpr globals
 
 
 @triton.jit

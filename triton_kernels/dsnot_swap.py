@@ -26,28 +26,36 @@ COLMAX: tl.constexpr = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
-def _merge_if_better(buf, key, R: tl.constexpr, L: tl.constexpr, LOG: tl.constexpr):
+def _merge_if_better(buf, key, R: tl.constexpr, L: tl.constexpr, LOG: tl.constexpr, LIBRARY_SORT: tl.constexpr):
     """The L smallest of buf (R, L; ascending per row) and key (R, L), ascending per row.
 
     min(buf, key sorted descending) holds them as a bitonic sequence; one bitonic merge sorts it.
-    Skipped when no row has a key below its current L-th smallest. The bitonic steps use only
+    Skipped when no row has a key below its current L-th smallest. Compiled for a GPU, both sorts are
+    tl.sort (LIBRARY_SORT): the hand-written network below keeps Triton's layout pass
+    (remove-layout-conversions) busy for minutes. Interpreted, the network is used: it needs only
     reshape / permute / split / join / min / max / where (tl.sort's xor reductions crawl in the
-    interpreter, and so do calls of jit helpers, hence one function).
+    interpreter, and so do calls of jit helpers, hence one function). Both give the same sorted
+    list (keys are unique but for SENTINEL), hence the same masks.
     """
-    if tl.sum((key < tl.max(buf, axis=1)[:, None]).to(tl.int32)) > 0:
+    if LIBRARY_SORT:
+        if tl.sum((key < tl.max(buf, axis=1)[:, None]).to(tl.int32)) > 0:
+            buf = tl.sort(tl.minimum(buf, tl.sort(key, dim=1, descending=True)), dim=1)
+    elif tl.sum((key < tl.max(buf, axis=1)[:, None]).to(tl.int32)) > 0:
         # stage s sorts runs of 2**s, alternating descending/ascending, the last run descending;
         # stage LOG + 1 merges min(buf, key) ascending (one run of 2L)
         for s in tl.static_range(1, LOG + 2):
             if s == LOG + 1:
                 key = tl.minimum(buf, key)
-            for j in tl.static_range(s if s <= LOG else LOG):
-                D: tl.constexpr = 1 << ((s if s <= LOG else LOG) - 1 - j)
-                RUN: tl.constexpr = 1 << s
+            # pair distance D = 2**k, halving each step. Shapes use k directly: a local `D: tl.constexpr`
+            # would be re-assigned on the next unrolled step (a compile error the interpreter does not
+            # raise) and a plain `D = ...` would become a tensor, not a shape.
+            for k in tl.static_range((s if s <= LOG else LOG) - 1, -1, -1):
                 # pairs (i, i + D) inside blocks of 2D: split them along a trailing axis of 2
-                left, right = tl.split(tl.permute(tl.reshape(key, (R, L // (2 * D), 2, D)), (0, 1, 3, 2)))
+                left, right = tl.split(tl.permute(tl.reshape(key, (R, L >> (k + 1), 2, 1 << k)), (0, 1, 3, 2)))
                 low = tl.minimum(left, right)
                 high = tl.maximum(left, right)
-                desc = (((tl.arange(0, L // (2 * D)) * (2 * D)) // RUN) % 2 == 0)[None, :, None]
+                # block b of 2D pairs lies in run (b * 2D) // 2**s; even runs sort descending
+                desc = ((((tl.arange(0, L >> (k + 1)) << (k + 1)) >> s) & 1) == 0)[None, :, None]
                 if s > LOG:
                     desc = desc & False
                 pair = tl.join(tl.where(desc, high, low), tl.where(desc, low, high))
@@ -61,7 +69,7 @@ def _dsnot_kernel(
     w_ptr, keep_ptr, out_ptr, mean_ptr, grow_ptr, norm_ptr, cost_ptr, eps0_ptr, eps_out_ptr,
     rows, cols, stride_w, stride_k, stride_o, threshold, max_cycles,
     SAME_SIGN: tl.constexpr, ERROR_RULE: tl.constexpr, N: tl.constexpr, M: tl.constexpr,
-    BLOCK_R: tl.constexpr, LIST: tl.constexpr, LOG: tl.constexpr,
+    BLOCK_R: tl.constexpr, LIST: tl.constexpr, LOG: tl.constexpr, LIBRARY_SORT: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = row < rows
@@ -84,13 +92,13 @@ def _dsnot_kernel(
         # keys: (int32 with the float's order) * 2**32 + column (grow_up: both reversed)
         vbits = v.to(tl.int32, bitcast=True)
         vord = tl.where(vbits < 0, vbits ^ 0x7FFFFFFF, vbits).to(tl.int64)
-        grow_up = _merge_if_better(grow_up, tl.where(pruned & (v > 0), (-1 - vord) * 4294967296 + (COLMAX - col64), SENTINEL), BLOCK_R, LIST, LOG)
-        grow_down = _merge_if_better(grow_down, tl.where(pruned & (v < 0), vord * 4294967296 + col64, SENTINEL), BLOCK_R, LIST, LOG)
+        grow_up = _merge_if_better(grow_up, tl.where(pruned & (v > 0), (-1 - vord) * 4294967296 + (COLMAX - col64), SENTINEL), BLOCK_R, LIST, LOG, LIBRARY_SORT)
+        grow_down = _merge_if_better(grow_down, tl.where(pruned & (v < 0), vord * 4294967296 + col64, SENTINEL), BLOCK_R, LIST, LOG, LIBRARY_SORT)
         if M == 0:
             wanda = tl.abs(w) * tl.load(norm_ptr + col, mask=col < cols, other=0.0)[None, :]
             wkey = wanda.to(tl.int32, bitcast=True).to(tl.int64) * 4294967296 + col64  # wanda >= +0
-            prune_neg = _merge_if_better(prune_neg, tl.where(ok & kept & (c < 0), wkey, SENTINEL), BLOCK_R, LIST, LOG)
-            prune_pos = _merge_if_better(prune_pos, tl.where(ok & kept & (c > 0), wkey, SENTINEL), BLOCK_R, LIST, LOG)
+            prune_neg = _merge_if_better(prune_neg, tl.where(ok & kept & (c < 0), wkey, SENTINEL), BLOCK_R, LIST, LOG, LIBRARY_SORT)
+            prune_pos = _merge_if_better(prune_pos, tl.where(ok & kept & (c > 0), wkey, SENTINEL), BLOCK_R, LIST, LOG, LIBRARY_SORT)
 
     # 2. the cycle loop, registers only (plus gathers of the few weights it touches)
     eps = tl.load(eps0_ptr + row, mask=row_ok, other=0.0)
@@ -202,6 +210,7 @@ def dsnot(weight, keep, mean, grow_scale, col_norm, eps0, max_cycles, threshold,
         col_norm.float().contiguous(), cost_scale.double().contiguous(), eps0.double().contiguous(), eps,
         rows, cols, weight.stride(0), keep_u8.stride(0), out_u8.stride(0), float(threshold), int(max_cycles),
         SAME_SIGN=bool(same_sign or m), ERROR_RULE=bool(error_rule), N=int(n), M=int(m),
-        BLOCK_R=block_r, LIST=listlen, LOG=listlen.bit_length() - 1, num_warps=4, enable_fp_fusion=False,
+        BLOCK_R=block_r, LIST=listlen, LOG=listlen.bit_length() - 1, LIBRARY_SORT=not _interpreting(),
+        num_warps=4, enable_fp_fusion=False,
     )
     return (out, eps) if return_error else out

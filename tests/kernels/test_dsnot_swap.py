@@ -103,7 +103,8 @@ def test_zero_error_rows_and_exhausted_lists():
 
 
 def test_small_tiles_as_on_gpu(monkeypatch):
-    """The GPU layout (16-entry lists, 8-row blocks): many tile merges per row."""
+    """The GPU layout (16-entry lists, 8-row blocks; many tile merges per row) and the GPU's merge
+    (tl.sort instead of the hand-written bitonic network) give the torch masks too."""
     from sparsekit.triton_kernels import dsnot_swap
 
     monkeypatch.setattr(dsnot_swap, "_interpreting", lambda: False)
