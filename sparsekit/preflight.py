@@ -227,7 +227,10 @@ def _local_config(args):
 
 def check_prune_args(args, config) -> None:
     """`sparsekit prune`: everything knowable before the model is loaded."""
+    from sparsekit.pruners import make_pruner
+
     _check_common(args)
+    make_pruner(config.method, **config.method_options)  # the method's own option checks
     check_text_source(args.calib, "--calib")
     if getattr(args, "eval", False):
         check_text_source(args.eval_text, "--eval-text")

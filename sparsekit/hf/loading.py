@@ -163,7 +163,7 @@ def _load_skeleton(checkpoint: str, dtype, trust_remote_code: bool):
     model.tie_weights()
     missing = [k for k, v in model.state_dict(keep_vars=True).items() if v.is_meta and not k.startswith(block_path + ".")]
     if missing:
-        raise KeyError(f"{checkpoint} lacks tensors {missing[:3]}; disk offload needs a checkpoint whose names match the model")
+        raise ValueError(f"{checkpoint} lacks tensors {missing[:3]}; disk offload needs a checkpoint whose names match the model")
     model.eval()
     model.config.use_cache = False
     return model

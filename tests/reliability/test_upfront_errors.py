@@ -31,6 +31,7 @@ def fails(capsys, argv, *needles):
     (["--eval", "--eval-seqlen", "4096"], ["exceeds the model's 512 positions"]),
     (["--eval-windows", "-1"], ["--eval-windows must be a positive integer"]),
     (["--nsamples", "0"], ["--nsamples must be a positive integer"]),
+    (["--method", "dsnot", "--dsnot-mode", "banana"], ["unknown DSnoT mode"]),
 ])
 def test_prune_input_errors_come_before_the_model_load(workspace, no_model_load, capsys, extra, needles):
     fails(capsys, prune_args(workspace, *extra), *needles)
