@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         print("sass_evidence: nvcc not found (needs the CUDA toolkit; no GPU needed)", file=sys.stderr)
         return 2
     cuobjdump = find_cuobjdump()
-    version = run([nvcc, "--version"]).stdout.strip().splitlines()[-1]
+    version = " ".join(line.strip() for line in run([nvcc, "--version"]).stdout.strip().splitlines()[-2:])
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"device": "none (nvcc compile only)", "nvcc": version, "cuobjdump": cuobjdump,
