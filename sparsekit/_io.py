@@ -129,6 +129,16 @@ def atomic_dir(final) -> Path:
     return tmp
 
 
+def _normal_modes(root: Path) -> None:
+    """Files some writers create private (0600, e.g. via mkstemp) get the mode of a normally created file."""
+    mode = 0o666 & ~_umask()
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o077 == 0:
+                os.chmod(path, mode)
+
+
 _RENAME_EXCHANGE = 2
 
 
@@ -158,6 +168,7 @@ def commit_dir(tmp, final, *, mark: bool = False) -> Path:
     tmp, final = Path(tmp), Path(final)
     if mark:
         (tmp / OUTPUT_MARKER).write_text("written by sparsekit; a later sparsekit save may replace this directory\n")
+        _normal_modes(tmp)
     fsync_tree(tmp)
     if final.exists() or final.is_symlink():
         if final.is_dir() and not final.is_symlink() and _exchange(tmp, final):

@@ -63,6 +63,8 @@ def model_files_digest(directory: Path) -> str | None:
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.name}\0{_digest_file(path, cache)}\0".encode())
+    for key in [k for k in cache if not os.path.exists(k)]:  # files deleted since (e.g. temporary checkpoints)
+        del cache[key]
     if cache != before:
         with contextlib.suppress(OSError):
             atomic_write_json(cache_path, cache, indent=None)

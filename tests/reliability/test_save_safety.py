@@ -114,9 +114,12 @@ def test_outputs_get_normal_permissions(tmp_path):
     try:
         with output_dir(tmp_path / "out") as tmp:
             (tmp / "f").write_text("x")
+            (tmp / "private").write_text("x")
+            os.chmod(tmp / "private", 0o600)  # as a writer using mkstemp leaves it
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "private").stat().st_mode & 0o777 == 0o644
 
 
 def test_commit_dir_replaces_a_file_and_keeps_user_data_on_failure(tmp_path):
