@@ -233,12 +233,16 @@ cudaError_t launch(const Sparse24MmParams& p, cudaStream_t stream) {
 using LargeTile = TileConfig<128, 128, 2, 4, 4>;
 // 128 x 64 for fewer tokens, so that the grid still covers the SMs: 8 warps as 4 x 2 (32 x 32), 80 KB.
 using SmallTile = TileConfig<128, 64, 4, 2, 4>;
+// 64 x 64 when even that leaves SMs idle (e.g. N = 4096 at M = 128: 64 CTAs of 128 x 64, 128 of 64 x 64):
+// 8 warps as 2 x 4 (32 x 16), 59 KB.
+using NarrowTile = TileConfig<64, 64, 2, 4, 4>;
 
 template <typename T>
 cudaError_t dispatch_tile(const Sparse24MmParams& p, cudaStream_t stream) {
-  const int large_ctas = ((p.N + 127) / 128) * ((p.M + 127) / 128);
-  if (large_ctas >= p.num_sms) return launch<T, LargeTile>(p, stream);
-  return launch<T, SmallTile>(p, stream);
+  auto ctas = [&p](int bn, int bm) { return static_cast<int64_t>((p.N + bn - 1) / bn) * ((p.M + bm - 1) / bm); };
+  if (ctas(128, 128) >= p.num_sms) return launch<T, LargeTile>(p, stream);
+  if (ctas(128, 64) >= p.num_sms) return launch<T, SmallTile>(p, stream);
+  return launch<T, NarrowTile>(p, stream);
 }
 
 }  // namespace

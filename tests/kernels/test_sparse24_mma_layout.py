@@ -30,6 +30,7 @@ def cfg(bn, bm, warps_n, warps_m):
 
 LARGE = cfg(128, 128, 2, 4)
 SMALL = cfg(128, 64, 4, 2)
+NARROW = cfg(64, 64, 2, 4)
 
 
 def load_stage(c, kt, n0, m0, x, values, meta_flat, M, N, K):
@@ -147,8 +148,8 @@ def emulate(c, x, values, meta, bias):
     return out
 
 
-@pytest.mark.parametrize("tile,m,n,k", [(SMALL, 5, 160, 128), (LARGE, 3, 128, 64)],
-                         ids=["small-tile-partial-N-and-M", "large-tile"])
+@pytest.mark.parametrize("tile,m,n,k", [(SMALL, 5, 160, 128), (LARGE, 3, 128, 64), (NARROW, 70, 96, 128)],
+                         ids=["small-tile-partial-N-and-M", "large-tile", "narrow-tile-two-M-tiles"])
 def test_mma_sp_index_arithmetic_reproduces_the_product(tile, m, n, k):
     g = torch.Generator().manual_seed(n + k)
     w = torch.randn(n, k, generator=g)
