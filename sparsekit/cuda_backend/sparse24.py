@@ -35,8 +35,15 @@ def _ext():
 
 
 def _stream_key(device: torch.device) -> tuple[int, int]:
+    """(device index, current stream handle); (-1, 0) off CUDA (one scratch, e.g. for CPU tests)."""
+    if device.type != "cuda":
+        return -1, 0
     index = device.index if device.index is not None else torch.cuda.current_device()
     return index, torch.cuda.current_stream(index).cuda_stream
+
+
+def _device_of(key: tuple[int, int], device: torch.device) -> torch.device:
+    return torch.device("cuda", key[0]) if device.type == "cuda" else device
 
 
 def decode_workspace(device) -> torch.Tensor:
@@ -65,7 +72,7 @@ def dense_scratch(device, dtype: torch.dtype, n: int, k: int) -> torch.Tensor:
             buf = _SCRATCH.get(key)
             if buf is None or buf.numel() < n * k:
                 _SCRATCH.pop(key, None)  # free the smaller one before allocating the larger
-                buf = torch.empty(n * k, dtype=dtype, device=torch.device("cuda", key[0]))
+                buf = torch.empty(n * k, dtype=dtype, device=_device_of(key, device))
                 _SCRATCH[key] = buf
     return buf[: n * k].view(n, k)
 
