@@ -4,7 +4,8 @@ On a GPU both layers launch for real (4096x4096 bf16 by default); the time is th
 back-to-back calls without synchronizing, short enough that the launch queue never blocks (so it is host
 time, not GPU time). On a CPU the CUDA path is emulated (`emulated_cuda_launch`): SparseLinear24 builds
 its Triton launch plan with the real code and calls a stub compiled kernel whose launch does nothing, so
-only Python is counted (the C launcher and cuLaunchKernel, ~3-6 µs on a GPU host, are not); nn.Linear runs
+only Python is counted, Triton's launcher object included (its C launch and cuLaunchKernel, ~3-6 µs on a
+GPU host, are not); nn.Linear runs
 for real on a tiny shape (32x64 fp32) where its compute is negligible (compare its M=1 and M=16 times).
 Rows: benchmark "host-overhead", cases `forward/<N>x<K>/M=<m>` (metric "host time per call", µs; the
 SparseLinear24 row's derived `over_linear_us` is the median of the per-round differences) and `generate/tiny-llama/batch=1`
@@ -39,16 +40,37 @@ def add_arguments(p) -> None:
 
 
 class StubKernel:
-    """Stands in for Triton's CompiledKernel: `run` takes the launcher's arguments and launches nothing."""
+    """Stands in for Triton's CompiledKernel. `run` is Triton's own CUDA launcher object (the Python it runs
+    around the C launch: scratch allocation checks, argument forwarding) with only the C launch replaced by a
+    no-op, when this Triton's CudaLauncher allows it; otherwise a bare no-op (`launcher` says which)."""
 
     function = None
     packed_metadata = None
 
     def __init__(self):
         self.launches = 0
+        self.run, self.launcher = self._bare, "bare no-op"
+        try:
+            launcher = self._cuda_launcher()
+            launcher(1, 1, 1, 0, None, None, None, None, None)
+        except Exception:  # another Triton's launcher internals: time the bare stub, and say so
+            return
+        self.run, self.launcher, self.launches = launcher, "Triton CudaLauncher.__call__, C launch stubbed", 0
 
-    def run(self, *args):
+    def _bare(self, *args):
         self.launches += 1
+
+    def _count(self, *args):
+        self.launches += 1
+
+    def _cuda_launcher(self):
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        launcher = object.__new__(CudaLauncher)  # no driver here: fill what __call__ reads
+        launcher.__dict__.update(gsan_enabled=False, num_ctas=1, global_scratch_size=0, global_scratch_align=1,
+                                 profile_scratch_size=0, profile_scratch_align=1, launch_cooperative_grid=False,
+                                 launch_pdl=False, arg_annotations=None, kernel_signature=None, launch=self._count)
+        return launcher
 
 
 @contextlib.contextmanager
@@ -58,11 +80,15 @@ def emulated_cuda_launch():
     Only plan building is patched (the config is the heuristic one, the first call's output comes from the
     torch reference); every later call runs the real per-call code of SparseLinear24 and LaunchPlan.
     """
+    import triton
+
     from sparsekit.ops import sparse24_launch
     from sparsekit.torch_backend.sparse24 import sparse24_matmul as reference
     from sparsekit.triton_kernels import sparse24_matmul as triton_matmul
 
-    stub = StubKernel()
+    drivers = triton.runtime.driver
+    previous = drivers._active  # there is no GPU driver to reset to, so restore the attribute itself
+    drivers.set_active(_NoDriver())  # Triton's launcher looks the active driver up on every call
 
     def resolve_config(x2d, values, meta, bias, bucket):
         config = triton_matmul._config_dict(triton_matmul._heuristic_config(bucket, values.shape[0], x2d.shape[1]))
@@ -71,13 +97,19 @@ def emulated_cuda_launch():
     def build_plan(x2d, values, meta, bias, backend):
         return triton_matmul.build_launch_plan(x2d, values, meta, bias, compile_kernel=lambda args, kwargs: stub)
 
-    with mock.patch.object(triton_matmul, "_resolve_config", resolve_config), \
-            mock.patch.object(sparse24_launch, "build_plan", build_plan):
-        sparse24_launch.clear_plans()
-        try:
-            yield stub
-        finally:
+    try:
+        stub = StubKernel()
+        with mock.patch.object(triton_matmul, "_resolve_config", resolve_config), \
+                mock.patch.object(sparse24_launch, "build_plan", build_plan):
             sparse24_launch.clear_plans()
+            yield stub
+    finally:
+        sparse24_launch.clear_plans()
+        drivers._active = previous
+
+
+class _NoDriver:
+    """The active Triton driver while emulating: Triton's launcher only fetches it (no profiling scratch)."""
 
 
 def per_call_us(fns, x, calls: int, repeats: int, device) -> list[list[float]]:
@@ -132,6 +164,8 @@ def forward_rows(ctx: RunContext, args) -> list:
             case = f"forward/{n}x{k}/M={m}"
             params = {"M": m, "N": n, "K": k, "dtype": str(dtype).replace("torch.", ""), "calls": calls,
                       "repeats": repeats, "launch": launch, "load_average_1min": os.getloadavg()[0]}
+            if stub is not None:
+                params["launcher"] = stub.launcher
             x = torch.randn(m, k, device=ctx.device, dtype=dtype)
             try:
                 torch.testing.assert_close(sparse(x), linear(x), atol=1e-2, rtol=1e-2)  # warm-up builds the plan

@@ -34,8 +34,7 @@ def test_emulated_launch_runs_the_real_plan_code():
         sparse(x)
         sparse(x.view(1, 3, 128))
         assert stub.launches == 2
-    sparse(x)  # outside the emulation: the module's plan is still the stub one, until its buffers change
-    assert stub.launches == 3
-    sparse.to(torch.float32)
+        assert stub.launcher in ("Triton CudaLauncher.__call__, C launch stubbed", "bare no-op")  # recorded in rows
+    sparse.to(torch.float32)  # drops the module's (stub) plans
     torch.testing.assert_close(sparse(x), linear(x))
-    assert stub.launches == 3
+    assert stub.launches == 2
