@@ -2,6 +2,7 @@
 
     module = sparsekit._ext.load()      # the extension module, or raises RuntimeError(reason)
     reason = sparsekit._ext.unavailable_reason()   # None when it loads
+    ops = sparsekit._ext.ops()          # torch.ops.sparsekit (sp24_linear, sp24_mm, sp24_decompress), loaded
 
 `pip install --no-build-isolation -e .` with a CUDA torch and nvcc builds `sparsekit._C` (setup.py).
 Without it, and when CUDA is present, the sources are compiled on first use with
@@ -72,6 +73,12 @@ def load() -> ModuleType:
     if module is None:
         raise RuntimeError(reason)
     return module
+
+
+def ops():
+    """torch.ops.sparsekit after loading the extension (its TORCH_LIBRARY registers the operators)."""
+    load()
+    return torch.ops.sparsekit
 
 
 def unavailable_reason() -> str | None:
