@@ -252,15 +252,17 @@ def test_deepcopy_and_non_contiguous_buffers():
     assert torch.equal(sparse(x), lin(x).detach())
 
 
-def test_fullgraph_compile_of_a_sparsified_model_matches_eager():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_fullgraph_compile_of_a_sparsified_model_matches_eager(device):
     torch._dynamo.reset()
     model, dense = sparsified_tiny_llama()
-    ids = torch.randint(0, 256, (2, 11))
+    model, dense = model.to(device), dense.to(device)
+    ids = torch.randint(0, 256, (2, 11), device=device)
     with torch.no_grad():
         eager = model(ids).logits
         compiled = torch.compile(model, fullgraph=True)(ids).logits
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(eager, dense(ids).logits.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eager, dense(ids).logits.detach(), atol=1e-3, rtol=1e-3)
 
 
 @needs_cuda
