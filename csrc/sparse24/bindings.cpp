@@ -205,7 +205,7 @@ void sp24_decompress_meta(const at::Tensor& values, const at::Tensor& meta, cons
 
 }  // namespace
 
-// The workspace is scratch that every call leaves as it found it (flags back to zero), so the schema does
+// The workspace is scratch that every call leaves as it found it (counters back to zero), so the schema does
 // not mark it as mutated: torch.compile then neither clones nor reorders around it. One per stream.
 TORCH_LIBRARY(sparsekit, m) {
   m.def("sp24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor workspace, int rows=0, int stages=0) -> Tensor");
@@ -235,5 +235,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bytes of the sp24_linear workspace for a device with num_sms SMs (allocate zero-filled, one per stream)",
         py::arg("num_sms"));
   m.def("sp24_decode_flag_bytes", &sparsekit::sp24_decode_flag_bytes,
-        "leading bytes of the workspace holding the inter-CTA flags (zero between calls)", py::arg("num_sms"));
+        "leading bytes of the workspace holding the split-tile counters (zero between calls)", py::arg("num_sms"));
 }

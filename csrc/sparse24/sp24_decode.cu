@@ -16,14 +16,14 @@
 //   (cp.async.mbarrier.arrive.noinc, 64 arrivals); R / 32 consumer warps wait on it, compute, and arrive on the stage's
 //   "empty" mbarrier. No CTA-wide barrier (bar.sync) in the loop: only mbarrier waits and __syncwarp.
 //   Shared tiles are XOR-swizzled per 16-byte chunk (chunk ^ (row & 7)) so ldmatrix is conflict-free.
-// * Split reduction, deterministic, no float atomics: only the first tile of a CTA's range can start
-//   mid-tile. Such a CTA ("contributor") writes its fp32 partial (per consumer warp, in fragment order) to
-//   its own workspace slot and releases a per-(CTA, warp) flag. The CTA holding chunk 0 of the tile
-//   ("owner"; it reaches the tile at the END of its range, the contributors at the START of theirs) adds
-//   the partials of CTAs b+1, b+2, ... in that order after an acquire on each flag, resets the flag to 0
-//   (so the workspace is clean after every call: CUDA-graph replay safe), adds the bias, and stores.
-//   Owners wait only on CTAs with a higher index, and those never wait before publishing, so with the
-//   grid co-resident (grid <= #SMs, one CTA per SM fits) there is no cycle.
+// * Split reduction, deterministic, no float atomics, no waiting: a tile split over CTAs o..l (o holds its
+//   chunk 0) is reduced by whichever of them arrives last. Each writes its fp32 partial (per consumer warp,
+//   fragment order, coalesced) to its own workspace slot (slot 0: the first segment of its range, slot 1:
+//   the last; a CTA has at most one of each), then atomicAdd's the integer counter of (o, warp); the one
+//   that sees l - o earlier arrivals adds the partials of o, o+1, ..., l in that order (the same sum
+//   whoever is last), resets the counter to 0 (the workspace is clean after every call: CUDA-graph replay
+//   safe), adds the bias and stores. A CTA owns (holds chunk 0 of) at most one split tile, so counters are
+//   indexed by owner CTA. Nobody spins on another CTA, so nothing assumes the grid is co-resident.
 //
 // sm_80 and newer (sm_90 uses mbarrier.try_wait). A TMA / wgmma.sp path and programmatic dependent launch
 // are not written.
@@ -75,11 +75,38 @@ struct DecodeTile {
 __device__ __forceinline__ uint32_t full_bar(uint32_t base, int slot) { return base + 8 * slot; }
 __device__ __forceinline__ uint32_t empty_bar(uint32_t base, int slot) { return base + 8 * (kMaxStages + slot); }
 
+// The CTA whose range [b U / G, (b + 1) U / G) holds unit u.
+__device__ __forceinline__ int cta_of(int64_t u, int64_t units, int grid) {
+  return static_cast<int>(((u + 1) * grid + units - 1) / units - 1);
+}
+
+// Epilogue of one consumer warp: bias in fp32, convert, store. Fragment c0, c1 = (row g, tokens 2t, 2t+1),
+// c2, c3 = (row g + 8, same tokens) of each m16 x n8 tile; rows from row0 (the warp's first row).
+template <typename T, int NT>
+__device__ __forceinline__ void store_tile(const float (&acc)[2][NT][4], T* __restrict__ out, const T* __restrict__ bias,
+                                           int row0, int lane, int M, int N) {
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + mt * 16 + (lane >> 2) + h * 8;
+      if (row < N) {
+        const float bias_v = bias != nullptr ? Mma<T>::to_float(bias[row]) : 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int tok = nt * 8 + (lane & 3) * 2;
+          if (tok < M) out[static_cast<int64_t>(tok) * N + row] = Mma<T>::from_float(acc[mt][nt][2 * h] + bias_v);
+          if (tok + 1 < M) out[static_cast<int64_t>(tok + 1) * N + row] = Mma<T>::from_float(acc[mt][nt][2 * h + 1] + bias_v);
+        }
+      }
+    }
+}
+
 template <typename T, int NT, int CW>
 __global__ void __launch_bounds__(DecodeTile<NT, CW>::kThreads, 1)
 sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ values,
                    const int16_t* __restrict__ meta, const T* __restrict__ bias, T* __restrict__ out, int M, int N,
-                   int K, int stages, int* __restrict__ flags, float* __restrict__ partials) {
+                   int K, int stages, int* __restrict__ counters, float* __restrict__ partials) {
   using Tile = DecodeTile<NT, CW>;
   constexpr int R = Tile::kRows;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -248,9 +275,14 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
 
     if (c == chunks - 1 || u == u1 - 1) {  // this CTA's part of tile t is done
       constexpr int kFrag = Tile::kFrag;
-      if (first_c > 0) {
-        // contributor: publish the partial in fragment order (coalesced), then the flag
-        float* dst = partials + (static_cast<int64_t>(b) * CW + warp) * kFrag;
+      if (first_c > 0 || c < chunks - 1) {
+        // A split tile: publish this part, count it; the last of the tile's CTAs to arrive adds every part
+        // in CTA order (the same order whoever is last) and stores.
+        const int64_t tile_u0 = static_cast<int64_t>(t) * chunks;
+        const int owner = cta_of(tile_u0, units, grid);
+        const int last = cta_of(tile_u0 + chunks - 1, units, grid);
+        const int my_slot = u0 >= tile_u0 ? 0 : 1;  // 0: my range's first segment, 1: its last
+        float* dst = partials + ((static_cast<int64_t>(b) * 2 + my_slot) * CW + warp) * kFrag;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -259,43 +291,34 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
             for (int r = 0; r < 4; ++r) __stcg(dst + ((mt * NT + nt) * 4 + r) * 32 + lane, acc[mt][nt][r]);
         __threadfence();
         __syncwarp();
-        if (lane == 0) st_release_gpu(flags + b * CW + warp, 1);
-      } else {
-        if (c < chunks - 1) {
-          // owner of a tile that continues in the next CTAs: add their partials in CTA order
-          const int64_t tile_end = static_cast<int64_t>(t + 1) * chunks;
-          for (int q = b + 1; q < grid && static_cast<int64_t>(q) * units / grid < tile_end; ++q) {
-            int* flag = flags + q * CW + warp;
-            while (ld_acquire_gpu(flag) == 0) __nanosleep(20);
-            const float* src = partials + (static_cast<int64_t>(q) * CW + warp) * kFrag;
+        int arrived = 0;
+        if (lane == 0) arrived = atomicAdd(counters + owner * CW + warp, 1);
+        arrived = __shfl_sync(0xffffffffu, arrived, 0);
+        if (arrived == last - owner) {
+          __threadfence();
+          const int64_t owner_start = static_cast<int64_t>(owner) * units / grid;
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
+          for (int q = owner; q <= last; ++q) {
+            const int slot_q = (q == owner && owner_start < tile_u0) ? 1 : 0;
+            const float* src = partials + ((static_cast<int64_t>(q) * 2 + slot_q) * CW + warp) * kFrag;
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
               for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) acc[mt][nt][r] += __ldcg(src + ((mt * NT + nt) * 4 + r) * 32 + lane);
-            __syncwarp();
-            if (lane == 0) *flag = 0;  // self-cleaning: the next call (kernel boundary) sees 0
           }
+          __syncwarp();
+          if (lane == 0) counters[owner * CW + warp] = 0;  // self-resetting: the next call starts from 0
+          store_tile(acc, out, bias, t * R + warp * 32, lane, M, N);
         }
-        // epilogue: fragment c0, c1 = (row g, tokens 2t, 2t+1), c2, c3 = (row g + 8, same tokens)
-        const int n0 = t * R;
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = n0 + warp * 32 + mt * 16 + (lane >> 2) + h * 8;
-            if (row < N) {
-              const float bias_v = bias != nullptr ? Mma<T>::to_float(bias[row]) : 0.f;
-#pragma unroll
-              for (int nt = 0; nt < NT; ++nt) {
-                const int tok = nt * 8 + (lane & 3) * 2;
-                if (tok < M) out[static_cast<int64_t>(tok) * N + row] = Mma<T>::from_float(acc[mt][nt][2 * h] + bias_v);
-                if (tok + 1 < M)
-                  out[static_cast<int64_t>(tok + 1) * N + row] = Mma<T>::from_float(acc[mt][nt][2 * h + 1] + bias_v);
-              }
-            }
-          }
+      } else {
+        store_tile(acc, out, bias, t * R + warp * 32, lane, M, N);
       }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
@@ -337,11 +360,11 @@ cudaError_t launch_decode(const Sp24DecodeParams& p, cudaStream_t stream) {
   }
   const int64_t units = static_cast<int64_t>((p.N + Tile::kRows - 1) / Tile::kRows) * ((p.K + kKC - 1) / kKC);
   const int grid = static_cast<int>(std::min<int64_t>(p.num_sms, units));
-  int* flags = static_cast<int*>(p.workspace);
+  int* counters = static_cast<int*>(p.workspace);
   float* partials = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + sp24_decode_flag_bytes(p.num_sms));
   kernel<<<grid, Tile::kThreads, smem, stream>>>(static_cast<const T*>(p.x), p.x_row_stride,
                                                  static_cast<const T*>(p.values), p.meta, static_cast<const T*>(p.bias),
-                                                 static_cast<T*>(p.out), p.M, p.N, p.K, stages, flags, partials);
+                                                 static_cast<T*>(p.out), p.M, p.N, p.K, stages, counters, partials);
   return cudaGetLastError();
 }
 
@@ -367,8 +390,8 @@ int64_t sp24_decode_flag_bytes(int num_sms) {
   return (static_cast<int64_t>(num_sms) * kMaxConsumerWarps * 4 + 255) / 256 * 256;
 }
 
-int64_t sp24_decode_workspace_bytes(int num_sms) {
-  return sp24_decode_flag_bytes(num_sms) + static_cast<int64_t>(num_sms) * kMaxConsumerWarps * kMaxFrag * 4;
+int64_t sp24_decode_workspace_bytes(int num_sms) {  // counters, then 2 partial slots per (CTA, consumer warp)
+  return sp24_decode_flag_bytes(num_sms) + static_cast<int64_t>(num_sms) * 2 * kMaxConsumerWarps * kMaxFrag * 4;
 }
 
 cudaError_t run_sp24_decode(const Sp24DecodeParams& p, cudaStream_t stream) {

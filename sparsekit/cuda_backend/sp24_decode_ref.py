@@ -5,9 +5,10 @@
 
 The kernel cuts W (N, K) into tiles of `rows` weight rows and each tile into chunks of CHUNK_K columns
 (one pipeline stage); the tiles x chunks units, tile-major, are split over grid = min(num_sms, units)
-CTAs: CTA b owns units [b U / grid, (b + 1) U / grid). A CTA whose range starts inside a tile is that
-tile's contributor (its partial goes to its workspace slot); the CTA holding the tile's chunk 0 is its
-owner and adds the contributors' partials in CTA order, then the bias. Meta is decoded as the kernel's
+CTAs: CTA b owns units [b U / grid, (b + 1) U / grid). A tile split over CTAs o..l (o, its owner, holds
+chunk 0) is summed by whichever of them arrives last at the owner's counter: the fp32 partials of o,
+o+1, ..., l in that order (each from its CTA's workspace slot: 0 for the first segment of its range, 1
+for the last), then the bias. Meta is decoded as the kernel's
 mma.sp sees it and as sp24_decompress writes it (`meta_positions`). The in-chunk sum order inside the
 tensor core is the hardware's; here each chunk's partial is one float32 matmul.
 """
@@ -41,9 +42,10 @@ def stage_bytes(rows: int, m: int) -> int:
 
 
 def workspace_bytes(num_sms: int) -> int:
-    """= sp24_decode_workspace_bytes: per-(CTA, warp) int32 flags (rounded to 256 B), then fp32 partial slots."""
-    flags = (num_sms * MAX_CONSUMER_WARPS * 4 + 255) // 256 * 256
-    return flags + num_sms * MAX_CONSUMER_WARPS * MAX_FRAG * 4
+    """= sp24_decode_workspace_bytes: per-(owner CTA, warp) int32 counters (rounded to 256 B), then two fp32
+    partial slots per (CTA, warp)."""
+    counters = (num_sms * MAX_CONSUMER_WARPS * 4 + 255) // 256 * 256
+    return counters + num_sms * 2 * MAX_CONSUMER_WARPS * MAX_FRAG * 4
 
 
 @dataclass
@@ -68,15 +70,20 @@ class DecodePlan:
     ranges: list[tuple[int, int]]
     segments: list[Segment] = field(default_factory=list)
 
-    def contributors(self, cta: int, tile: int) -> list[int]:
-        """The CTAs whose partials the owner `cta` of `tile` adds, in the kernel's order (b+1, b+2, ...)."""
-        tile_end = (tile + 1) * self.chunks
-        out = []
-        q = cta + 1
-        while q < self.grid and self.ranges[q][0] < tile_end:
-            out.append(q)
-            q += 1
-        return out
+    def cta_of(self, unit: int) -> int:
+        """The kernel's cta_of: ((u + 1) G + U - 1) / U - 1, the CTA whose range holds unit u."""
+        units = self.tiles * self.chunks
+        return ((unit + 1) * self.grid + units - 1) // units - 1
+
+    def parts(self, tile: int) -> list[tuple[int, int]]:
+        """(CTA, workspace slot) of every part of a tile, in the order the last arriver adds them."""
+        first = tile * self.chunks
+        owner, last = self.cta_of(first), self.cta_of(first + self.chunks - 1)
+        return [(q, 1 if q == owner and self.ranges[owner][0] < first else 0) for q in range(owner, last + 1)]
+
+    def split(self, tile: int) -> bool:
+        owner, last = self.cta_of(tile * self.chunks), self.cta_of((tile + 1) * self.chunks - 1)
+        return owner != last
 
 
 def decode_plan(n: int, k: int, m: int, num_sms: int, rows: int = 0) -> DecodePlan:
@@ -141,23 +148,30 @@ def sp24_decode_reference(x: torch.Tensor, values: torch.Tensor, meta: torch.Ten
     plan = decode_plan(n, k, m, num_sms, rows)
     w = dense_from_meta(values.cpu(), meta.cpu()).float()
     xf = x.cpu().float()
-    partial: dict[tuple[int, int], torch.Tensor] = {}
+    slots: dict[tuple[int, int], torch.Tensor] = {}  # (CTA, slot) -> fp32 partial, as in the workspace
+    whole: dict[int, torch.Tensor] = {}
     for seg in plan.segments:
         r0, r1 = seg.tile * plan.rows, min(n, (seg.tile + 1) * plan.rows)
         acc = torch.zeros(m, r1 - r0)
         for c in range(seg.first, seg.last + 1):
             k0, k1 = c * CHUNK_K, min(k, (c + 1) * CHUNK_K)
             acc += xf[:, k0:k1] @ w[r0:r1, k0:k1].t()
-        partial[seg.cta, seg.tile] = acc
+        if plan.split(seg.tile):
+            slot = 0 if plan.ranges[seg.cta][0] >= seg.tile * plan.chunks else 1
+            assert (seg.cta, slot) not in slots, "a workspace slot written twice"
+            slots[seg.cta, slot] = acc
+        else:
+            whole[seg.tile] = acc
     out = torch.full((m, n), float("nan"))
-    for seg in plan.segments:
-        if not seg.owner:
-            continue
-        acc = partial[seg.cta, seg.tile].clone()
-        for q in plan.contributors(seg.cta, seg.tile):
-            acc += partial[q, seg.tile]
-        r0, r1 = seg.tile * plan.rows, min(n, (seg.tile + 1) * plan.rows)
+    for tile in range(plan.tiles):
+        r0, r1 = tile * plan.rows, min(n, (tile + 1) * plan.rows)
+        if plan.split(tile):
+            acc = torch.zeros(m, r1 - r0)
+            for part in plan.parts(tile):
+                acc += slots[part]
+        else:
+            acc = whole[tile]
         if bias is not None:
-            acc += bias.cpu().float()[r0:r1]
+            acc = acc + bias.cpu().float()[r0:r1]
         out[:, r0:r1] = acc
     return out.to(x.dtype)

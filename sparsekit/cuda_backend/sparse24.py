@@ -47,7 +47,7 @@ def _device_of(key: tuple[int, int], device: torch.device) -> torch.device:
 
 
 def decode_workspace(device) -> torch.Tensor:
-    """sp24_decode's workspace for the current stream of `device` (zero-filled once; every call leaves its flags zero)."""
+    """sp24_decode's workspace for the current stream of `device` (zero-filled once; every call leaves its counters zero)."""
     device = torch.device(device)
     key = _stream_key(device)
     ws = _WORKSPACES.get(key)

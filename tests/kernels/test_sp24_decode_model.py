@@ -1,7 +1,8 @@
 """CPU checks of csrc/sparse24/sp24_decode.cu and sp24_decompress.cu without a GPU.
 
-1. The work split (sparsekit.cuda_backend.sp24_decode_ref.decode_plan): every unit computed once, every
-   contributor's partial consumed once by the owner, owners waiting only on later CTAs.
+1. The work split (sparsekit.cuda_backend.sp24_decode_ref.decode_plan): every unit computed once, the
+   kernel's closed-form range lookup, every split tile's parts in distinct workspace slots, one counter
+   per owner CTA.
 2. The split reduction in the kernel's order (sp24_decode_reference) against torch's dense matmul.
 3. The meta decode (the kernels' reading of torch's CUTLASS meta) against ops.decompress_24.
 4. The kernel's shared-memory layout and per-lane addressing (XOR swizzle, meta words, ldmatrix
@@ -38,7 +39,7 @@ PLAN_CASES = [(n, k, m, sms) for n, k in [(32, 32), (96, 160), (4096, 4096), (11
 
 
 @pytest.mark.parametrize("n,k,m,sms", PLAN_CASES)
-def test_plan_covers_every_unit_once_and_reduces_without_cycles(n, k, m, sms):
+def test_plan_covers_every_unit_once_and_each_split_tile_has_one_counter_and_distinct_slots(n, k, m, sms):
     plan = ref.decode_plan(n, k, m, sms)
     assert plan.grid == min(sms, plan.tiles * plan.chunks)
     covered = {}
@@ -47,24 +48,28 @@ def test_plan_covers_every_unit_once_and_reduces_without_cycles(n, k, m, sms):
             assert (seg.tile, c) not in covered, "a unit is computed twice"
             covered[seg.tile, c] = seg.cta
     assert len(covered) == plan.tiles * plan.chunks
-    consumed = []
+    for (tile, c), cta in covered.items():  # the kernel's closed form of the range lookup
+        assert plan.cta_of(tile * plan.chunks + c) == cta
     for b in range(plan.grid):
         mine = [s for s in plan.segments if s.cta == b]
         assert mine, "every CTA gets work"
-        assert all(s.owner for s in mine[1:]), "only a CTA's first tile can start mid-tile"
-        for s in mine:
-            if s.owner:
-                contributors = plan.contributors(b, s.tile)
-                assert all(q > b for q in contributors), "an owner waits only on later CTAs"
-                assert contributors == sorted(contributors)
-                consumed += [(q, s.tile) for q in contributors]
-                # owner + contributors cover the tile's chunks, in order
-                parts = [s] + [next(x for x in plan.segments if x.cta == q and x.tile == s.tile) for q in contributors]
-                assert [p.first for p in parts] == [0] + [p.last + 1 for p in parts[:-1]]
-                assert parts[-1].last == plan.chunks - 1
-    published = [(s.cta, s.tile) for s in plan.segments if not s.owner]
-    assert sorted(consumed) == sorted(published), "every partial is consumed exactly once (flags end at zero)"
-    assert len(published) <= plan.grid  # one workspace slot per CTA
+        assert all(s.owner for s in mine[1:]), "only a CTA's first segment can start mid-tile"
+    used_slots, owners = set(), []
+    for tile in range(plan.tiles):
+        segs = sorted((s for s in plan.segments if s.tile == tile), key=lambda s: s.cta)
+        assert plan.split(tile) == (len(segs) > 1)
+        if not plan.split(tile):
+            continue
+        parts = plan.parts(tile)
+        assert [q for q, _ in parts] == [s.cta for s in segs], "the parts are the tile's CTAs, in order"
+        assert [s.first for s in segs] == [0] + [s.last + 1 for s in segs[:-1]] and segs[-1].last == plan.chunks - 1
+        for (q, slot), seg in zip(parts, segs):
+            is_first_segment = seg is next(s for s in plan.segments if s.cta == q)
+            assert slot == (0 if is_first_segment else 1)
+            assert (q, slot) not in used_slots, "a workspace slot holds two partials in one call"
+            used_slots.add((q, slot))
+        owners.append(parts[0][0])
+    assert len(owners) == len(set(owners)), "a CTA owns at most one split tile (one counter per owner and warp)"
 
 
 def test_llama_decode_partition_is_balanced():
@@ -261,7 +266,8 @@ def test_model_constants_are_the_kernels():
     assert const(src, "kMaxFrag") == ref.MAX_FRAG
     assert const(header, "kSp24DecodeMaxM") == ref.MAX_M
     assert "NT >= 4 ? 256 : 128" in src and ref.default_rows(17) == 256 and ref.default_rows(16) == 128
-    assert ref.workspace_bytes(132) == 4352 + 132 * 8 * 2048 * 4
+    assert "static_cast<int64_t>(num_sms) * 2 * kMaxConsumerWarps * kMaxFrag * 4" in src
+    assert ref.workspace_bytes(132) == 4352 + 132 * 2 * 8 * 2048 * 4
 
 
 @pytest.mark.parametrize("rows", [128, 256])
