@@ -15,6 +15,9 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import traceback
+import warnings
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -68,6 +71,8 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "reconstruct_admm": {"torch": "sparsekit.torch_backend.reconstruct:admm_reconstruct"},
     "admm_prune": {"torch": "sparsekit.torch_backend.reconstruct:admm_prune"},
     "alps_prune": {"torch": "sparsekit.torch_backend.reconstruct:alps_prune"},
+    # RIA's channel reallocation + LSA for N:M, see sparsekit.ops.permutation
+    "nm_permutation": {"torch": "sparsekit.torch_backend.permutation:nm_permutation"},
     "compress_24": {
         "torch": "sparsekit.torch_backend.sparse24:compress_24",
     },
@@ -174,7 +179,7 @@ def _chosen(op: str, impls: dict[str, str], device: torch.device, args: tuple, k
     if chooser is None or os.environ.get("SPARSEKIT_BACKEND"):
         return None
     name = _load(chooser)(device, *args, **kwargs)
-    if name is None or name not in impls or why_not(name, device) is not None:
+    if name is None or name not in impls or why_not(name, device) is not None or (op, name) in _FAILED:
         return None
     try:
         return name, _load(impls[name])
@@ -204,7 +209,7 @@ def resolve(op: str, backend: str | None, device: torch.device | str, args: tupl
     if chosen is not None:
         return chosen
     for name in auto_order(device):
-        if name in impls and why_not(name, device) is None:
+        if name in impls and why_not(name, device) is None and (op, name) not in _FAILED:
             try:
                 return name, _load(impls[name])
             except ImportError:
@@ -212,5 +217,78 @@ def resolve(op: str, backend: str | None, device: torch.device | str, args: tupl
     return "torch", _load(impls["torch"])
 
 
+# Automatic choices whose kernel failed to compile or launch ((op, backend) -> the error): skipped from then on.
+_FAILED: dict[tuple[str, str], str] = {}
+_USED: Counter = Counter()  # (op, backend) -> calls that returned, see usage()
+# CUDA-extension launch failures that another backend can recover from (a build without this GPU's arch)
+_CUDA_LAUNCH_FAILURES = ("no kernel image is available", "invalid device function", "PTX JIT compil", "unsupported toolchain")
+
+
 def call(op: str, backend: str | None, device, *args, **kwargs):
-    return resolve(op, backend, device, args, kwargs)[1](*args, **kwargs)
+    """Run `op` on the requested backend, or on the automatic choice.
+
+    An automatic choice whose kernel fails to compile or launch (a Triton compiler error, a CUDA build without
+    this GPU's architecture) is not fatal: a one-time warning names the op, the kernel and the error, the
+    backend is skipped for this op from then on, and the next backend runs. A requested backend raises.
+    """
+    name, impl = resolve(op, backend, device, args, kwargs)
+    try:
+        result = impl(*args, **kwargs)
+    except Exception as exc:
+        if backend is not None or name == "torch" or not _is_kernel_failure(exc):
+            raise
+        _FAILED[(op, name)] = _error_text(exc)
+        warnings.warn(f"sparsekit: the {name} backend of {op!r} failed in kernel {_kernel_name(exc, IMPLEMENTATIONS[op][name])} "
+                      f"({_FAILED[(op, name)]}); using the next backend for {op!r} from now on "
+                      f"(pass backend={name!r} to see the full error)", RuntimeWarning, stacklevel=2)
+        return call(op, backend, device, *args, **kwargs)
+    _USED[(op, name)] += 1
+    return result
+
+
+def _is_kernel_failure(exc: Exception) -> bool:
+    """A compile or launch failure of a kernel (not a wrong input or an out-of-memory): Triton's own errors
+    (CompilationError, OutOfResources, PTXASError, ...) and CUDA-extension launches without code for this GPU."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    if type(exc).__module__.split(".")[0] == "triton":
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _CUDA_LAUNCH_FAILURES)
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line: the innermost cause's type and last message line (Triton puts the source excerpt first)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and line.strip() != "^"]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+def _kernel_name(exc: Exception, target: str) -> str:
+    """The @triton.jit function being compiled or launched when exc was raised, else the implementation."""
+    name = target
+    for frame, _ in traceback.walk_tb(exc.__traceback__):  # innermost last: JITFunction.run, then triton.compile
+        found = frame.f_locals.get("self"), frame.f_locals.get("src")
+        if type(found[0]).__name__ == "JITFunction":
+            name = getattr(found[0].fn, "__name__", name)
+        elif type(found[1]).__name__ == "ASTSource":
+            name = getattr(found[1], "name", name)
+    return name
+
+
+def usage() -> Counter:
+    """(op, backend) -> calls that returned so far in this process (a copy; see usage_since)."""
+    return Counter(_USED)
+
+
+def usage_since(before: Counter) -> dict[str, dict[str, int]]:
+    """{op: {backend: calls}} made since `before = usage()`: the backends that actually ran."""
+    used: dict[str, dict[str, int]] = {}
+    for (op, name), calls in sorted((_USED - before).items()):
+        used.setdefault(op, {})[name] = calls
+    return used
+
+
+def fallbacks() -> dict[str, str]:
+    """{"op/backend": error} for every automatic choice that failed and is skipped now."""
+    return {f"{op}/{name}": error for (op, name), error in sorted(_FAILED.items())}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsekit import backend as _backend
 from sparsekit.allocation import allocate_sparsity
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
@@ -135,6 +136,7 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
         _restore_finished_blocks(blocks, checkpoint, finished, streamed)
         log.info("resuming after block %d from %s", finished, config.checkpoint_dir)
 
+    backend_calls = _backend.usage()
     progress = tqdm(range(finished + 1, len(blocks)), initial=finished + 1, total=len(blocks),
                     desc=f"{config.method} {config.pattern}", unit="block", disable=not distributed.is_main())
     for index in progress:
@@ -153,6 +155,8 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
                 reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
                 report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds,
                                                  row_sparsity_spread(result.keep)))
+            report.add_backends(_backend.usage_since(backend_calls), _backend.fallbacks())  # what really ran
+            backend_calls = _backend.usage()
             last = index == len(blocks) - 1
             if not last:
                 with timer("forward"):

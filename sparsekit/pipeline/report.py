@@ -33,6 +33,8 @@ class PruneReport:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     peak_memory_bytes: int | None = None
     placement: str = ""
+    backends: dict[str, dict[str, int]] = field(default_factory=dict)  # op -> backend that ran -> calls
+    fallbacks: dict[str, str] = field(default_factory=dict)  # "op/backend" -> the kernel error that made it fall back
 
     @property
     def sparsity(self) -> float:
@@ -49,6 +51,8 @@ class PruneReport:
             "seconds": dict(self.seconds),
             "peak_memory_bytes": self.peak_memory_bytes,
             "placement": self.placement,
+            "backends": self.backends,
+            "fallbacks": self.fallbacks,
             "layers": [asdict(r) for r in self.layers],
         }
 
@@ -58,7 +62,15 @@ class PruneReport:
                      placement=data.get("placement", ""))
         report.layers = [LayerReport(**{**r, "shape": tuple(r["shape"])}) for r in data["layers"]]
         report.seconds.update(data["seconds"])
+        report.add_backends(data.get("backends", {}), data.get("fallbacks", {}))
         return report
+
+    def add_backends(self, used: dict[str, dict[str, int]], fallbacks: dict[str, str]) -> None:
+        """Count the backends that ran each op (sparsekit.backend.usage_since) and the automatic fallbacks."""
+        for op, calls in used.items():
+            for name, n in calls.items():
+                self.backends.setdefault(op, {})[name] = self.backends.get(op, {}).get(name, 0) + n
+        self.fallbacks.update(fallbacks)
 
     def table(self) -> str:
         width = max([len(r.name) for r in self.layers] + [5])
