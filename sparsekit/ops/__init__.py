@@ -7,6 +7,7 @@ arguments. One file per family of ops; this module re-exports them all.
 """
 from sparsekit.ops.besa import besa_masked_linear, row_ranks
 from sparsekit.ops.dsnot import dsnot
+from sparsekit.ops.permutation import nm_permutation, permuted_nm_mask
 from sparsekit.ops.reconstruct import admm_prune, alps_prune, reconstruct
 from sparsekit.ops.selection import magnitude_score, select_mask, wanda_mask, wanda_score
 from sparsekit.ops.sparsegpt import sparsegpt
@@ -22,6 +23,8 @@ __all__ = [
     "wanda_mask",
     "sparsegpt",
     "dsnot",
+    "nm_permutation",
+    "permuted_nm_mask",
     "reconstruct",
     "admm_prune",
     "alps_prune",
