@@ -63,6 +63,7 @@ setup(
         "accelerate>=1.0",
         "safetensors>=0.4",
         "numpy",
+        "scipy",  # linear_sum_assignment for N:M channel permutation (sparsekit.ops.permutation)
         "tqdm",
         "pyarrow",
         "prodigyopt",
