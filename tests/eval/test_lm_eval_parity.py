@@ -161,3 +161,20 @@ def test_cli_add_bos_follows_the_checkpoint_tokenizer_and_is_recorded(tmp_path):
         assert main(["eval", "--model", str(tmp_path / "model"), "--device", "cpu", "--eval-text", str(text), "--seqlen", "32",
                      "--eval-windows", "2", "--add-bos", flag, "--json", str(js)]) == 0
         assert json.loads(js.read_text())["eval"]["add_bos"] is expected
+
+
+@pytest.mark.slow
+def test_smollm2_real_tokenizer_equals_hflm():
+    """SmolLM2-135M's own tokenizer (no default BOS), fp32, the first 3 documents of every task."""
+    import sparsekit
+    from sparsekit.eval.zeroshot_tasks import load_docs
+
+    model, tok = sparsekit.load_model("smollm2-135m", dtype="float32")
+    assert not tokenizer_adds_bos(tok)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=8)
+    for task in TASKS:
+        docs = load_docs(task, 3)
+        requests = [r for doc in docs for r in doc.requests]
+        ours, theirs = zs.loglikelihoods(model, tok, requests, progress=False), _hflm_loglikelihoods(lm, requests)
+        _assert_same(ours, theirs)
+        assert _decisions(docs, [ll for ll, _ in ours]) == _decisions(docs, [ll for ll, _ in theirs])
