@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from benchmarks.common import RunContext, Skip, describe_exception, free_memory, optional_attr, skip_row
-from benchmarks.models import LLAMA_7B, TINY_LLAMA, build_llama, count_sparse24_modules, parameter_bytes, prune_24_magnitude_
-from benchmarks.timing import synchronize
+from benchmarks.common import RunContext, Skip, describe_exception, free_memory, skip_row
+from benchmarks.models import LLAMA_7B, build_llama, parameter_bytes, prune_24_magnitude_
+from benchmarks.timing import quantiles, synchronize
+from tests.helpers import tiny_llama
 
 BENCHMARK = "decode"
 MODES = ("cudagraph", "compile", "eager")
@@ -150,8 +151,7 @@ def _measure(ctx, model, batch, prompt, new_tokens, mode, repeats):
     runs = [decoder.generate(prompt) for _ in range(repeats)]
     peak = parameter_bytes(model) + torch.cuda.max_memory_allocated(ctx.device) - base if ctx.is_cuda else None
     steps = new_tokens - 1
-    tps = torch.tensor([batch * steps / decode for _, decode, _ in runs], dtype=torch.float64)
-    q = torch.quantile(tps, torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)).tolist()
+    q = quantiles([batch * steps / decode for _, decode, _ in runs])
     prefill_ms = sorted(p for p, _, _ in runs)[len(runs) // 2] * 1e3
     decode_s = sorted(d for _, d, _ in runs)[len(runs) // 2]
     result = {"median": q[0], "p20": q[1], "p80": q[2], "mode": used, "fallback": decoder.fallback,
@@ -163,12 +163,11 @@ def _measure(ctx, model, batch, prompt, new_tokens, mode, repeats):
 
 
 def _sparse_copy(ctx, dense):
-    sparsify = optional_attr("sparsekit", "sparsify", "needs the 2:4 modules work (sparsekit.sparsify)")
+    from sparsekit import sparsify
+
     model = copy.deepcopy(dense)
     pruned = prune_24_magnitude_(model)
-    result = sparsify(model)
-    model = result if isinstance(result, torch.nn.Module) else model
-    converted = count_sparse24_modules(model)
+    converted = len(sparsify(model).swapped)
     if converted == 0:
         raise Skip(f"sparsekit.sparsify converted none of the {pruned} pruned linear layers to SparseLinear24")
     return model, {"pruned_linears": pruned, "sparse24_modules": converted}
@@ -181,13 +180,16 @@ def run(ctx: RunContext, args) -> None:
     new_tokens = args.new_tokens or (6 if quick else 256)
     repeats = args.repeats or (1 if quick else 5)
     mode = args.decode_mode or ("cudagraph" if ctx.is_cuda else "eager")
-    shape, label = (TINY_LLAMA, "tiny-llama") if quick else (LLAMA_7B, "llama7b-shape")
+    label = "tiny-llama" if quick else "llama7b-shape"
     layers = args.decode_layers
     if layers:
         label += f"-{layers}layers"
     dtype = torch.bfloat16
     ctx.log(f"decode: building {label} (random weights, bf16) on {ctx.device}")
-    dense = build_llama(shape, device=ctx.device, dtype=dtype, layers=layers)
+    if quick:
+        dense = tiny_llama(**({"layers": layers} if layers else {})).to(ctx.device, dtype).requires_grad_(False)
+    else:
+        dense = build_llama(LLAMA_7B, device=ctx.device, dtype=dtype, layers=layers)
     sparse_info, sparse, sparse_missing = {}, None, ("skipped", "no sparse model")
     try:
         sparse, sparse_info = _sparse_copy(ctx, dense)
@@ -200,11 +202,11 @@ def run(ctx: RunContext, args) -> None:
     for batch in batches:
         case = f"{label}/bf16/B={batch}/P={prompt_len}/G={new_tokens}"
         params = {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "model": label,
-                  "layers": layers or shape["num_hidden_layers"], "dtype": "bfloat16", "requested_mode": mode,
+                  "layers": dense.config.num_hidden_layers, "dtype": "bfloat16", "requested_mode": mode,
                   "repeats": repeats}
         if {(BENCHMARK, case, "dense"), (BENCHMARK, case, "sparse24")} <= done:
             continue
-        prompt = torch.randint(0, shape["vocab_size"], (batch, prompt_len), generator=gen).to(ctx.device)
+        prompt = torch.randint(0, dense.config.vocab_size, (batch, prompt_len), generator=gen).to(ctx.device)
         rows = []
         try:
             dense_result = _measure(ctx, dense, batch, prompt, new_tokens, mode, repeats)

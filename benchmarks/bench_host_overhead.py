@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import RunContext, describe_exception, prune_24_by_magnitude, skip_row
+from benchmarks.timing import quantiles, synchronize
 
 BENCHMARK = "host-overhead"
 MS = (1, 16)
@@ -121,23 +122,19 @@ def per_call_us(fns, x, calls: int, repeats: int, device) -> list[list[float]]:
     try:
         for _ in range(repeats):
             for fn, out in zip(fns, samples):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                synchronize(device)
                 start = time.perf_counter_ns()
                 for _ in range(calls):
                     fn(x)
                 out.append((time.perf_counter_ns() - start) / calls / 1e3)
     finally:
         gc.enable()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
     return samples
 
 
 def _quantiles(samples: list[float]) -> dict:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"median": statistics.median(ordered), "p20": pick(0.2), "p80": pick(0.8)}
+    return dict(zip(("median", "p20", "p80"), quantiles(samples)))
 
 
 def _layers(n: int, k: int, dtype, device):
@@ -191,13 +188,11 @@ def forward_rows(ctx: RunContext, args) -> list:
 def _tokens_per_s(model, ids, new_tokens: int, repeats: int, device) -> dict:
     samples = []
     for _ in range(repeats + 1):  # the first run warms up (plans, allocator)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                              pad_token_id=0)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         assert out.shape[1] == ids.shape[1] + new_tokens
         samples.append(new_tokens * ids.shape[0] / (time.perf_counter() - start))
     return _quantiles(samples[1:])

@@ -34,8 +34,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (RunContext, Skip, call_with_supported, describe_exception, free_memory,
-                               optional_attr, prune_24_by_magnitude, random_like_weights, skip_row)
+from benchmarks.common import (RunContext, Skip, describe_exception, free_memory, prune_24_by_magnitude,
+                               random_like_weights, skip_row)
 from benchmarks.schema import load_rows
 from benchmarks.timing import Rotation, copy_bandwidth, host_us_per_call, rotation_copies, time_fn
 
@@ -74,10 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _prepare_ours(backend: str):
     def prepare(w24):
-        compress = optional_attr("sparsekit.ops", "compress_24", "needs the 2:4 format work")
-        matmul = optional_attr("sparsekit.ops", "sparse24_matmul", "needs the 2:4 kernel work")
-        values, meta = compress(w24)
-        return lambda x: matmul(x, values, meta, backend=backend)
+        from sparsekit import ops
+
+        values, meta = ops.compress_24(w24)
+        return lambda x: ops.sparse24_matmul(x, values, meta, backend=backend)
     return prepare
 
 
@@ -253,15 +253,6 @@ def bench_matmul(ctx: RunContext, args, copy_gbps) -> None:
         _matmul_shape(ctx, n, k, ms, providers, dtype, copy_gbps, done)
 
 
-def _dispatch_module():
-    """The dispatcher (moving to sparsekit.cuda_backend.sparse24_dispatch); imported late, wherever it lives."""
-    try:
-        from sparsekit.cuda_backend import sparse24_dispatch
-    except ImportError:
-        from sparsekit import sparse24_dispatch
-    return sparse24_dispatch
-
-
 def tuning_rows(rows) -> list:
     """The successful GPU 2:4 rows the dispatcher table is built from."""
     return [r for r in rows if r.status == "ok" and r.device_kind == "cuda" and not r.quick
@@ -273,7 +264,8 @@ def merge_tuning_table(rows, path=None) -> tuple[object, int]:
     import json
     from pathlib import Path
 
-    dispatch = _dispatch_module()
+    from sparsekit.cuda_backend import sparse24_dispatch as dispatch
+
     fresh = dispatch.table_from_rows(tuning_rows(rows))
     target = Path(path) if path else dispatch.table_path()
     table = {"format": dispatch.TABLE_FORMAT, "devices": {}}
@@ -429,11 +421,9 @@ def bench_dsnot(ctx: RunContext, args, shapes) -> None:
             params = {"N": n, "K": k, "pattern": "unstructured 0.5, Wanda initial mask", "dtype": args.kernel_dtype,
                       "mode": mode, "max_cycles": 50, "threshold": 0.1, "seqlen": tokens}
 
-            def make(b, mode=mode, args=(w, keep, mean, var, sq_norm)):
-                dsnot = optional_attr("sparsekit.ops", "dsnot", "needs the DSnoT work")
+            def make(b, mode=mode, args=(w, keep, mean, var, sq_norm), hessian=hessian):
                 extra = {"hessian": hessian} if mode == "exact" else {}
-                return lambda: call_with_supported(dsnot, *args, max_cycles=50, threshold=0.1, mode=mode, seqlen=tokens,
-                                                   backend=b, **extra)
+                return lambda: ops.dsnot(*args, max_cycles=50, threshold=0.1, mode=mode, seqlen=tokens, backend=b, **extra)
             nbytes = w.numel() * w.element_size() + 2 * w.numel()  # read W and the mask, write the mask
             ctx.save(BENCHMARK, _time_op(ctx, case, params, make, nbytes))
         del hessian, factor

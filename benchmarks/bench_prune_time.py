@@ -14,7 +14,8 @@ import time
 import torch
 
 from benchmarks.common import RunContext, describe_exception, free_memory, skip_row
-from benchmarks.models import LLAMA_7B, TINY_LLAMA, build_llama
+from benchmarks.models import LLAMA_7B, build_llama
+from tests.helpers import tiny_llama
 
 BENCHMARK = "prune-time"
 DEFAULT_METHODS = ["magnitude", "wanda", "sparsegpt", "dsnot", "besa", "owl"]
@@ -43,9 +44,9 @@ def _registered(method: str) -> str | None:
 def _load(ctx: RunContext, model_name: str, args):
     """(model, calibration ids, label, calibration description)."""
     if model_name == "tiny":
-        model = build_llama(TINY_LLAMA, device=ctx.device, dtype=torch.float32)
+        model = tiny_llama().to(ctx.device).requires_grad_(False)
         gen = torch.Generator().manual_seed(0)
-        return model, torch.randint(0, TINY_LLAMA["vocab_size"], (4, 32), generator=gen), "tiny-llama", "random 4x32"
+        return model, torch.randint(0, model.config.vocab_size, (4, 32), generator=gen), "tiny-llama", "random 4x32"
     nsamples = args.nsamples or (128 if ctx.is_cuda else 32)
     seqlen = args.seqlen or (2048 if ctx.is_cuda else 512)
     if model_name == "smollm2":

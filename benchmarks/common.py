@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import gc
-import importlib
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
@@ -56,29 +54,6 @@ class RunContext:
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def optional_attr(module: str, name: str, what: str) -> Callable:
-    """`module.name`, or Skip naming what is missing (features other work lands later)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise Skip(f"{module} is not importable ({exc}); {what}") from None
-    try:
-        return getattr(mod, name)
-    except AttributeError:
-        raise Skip(f"{module}.{name} does not exist yet; {what}") from None
-
-
-def call_with_supported(fn: Callable, *args, **kwargs):
-    """Call fn with only the keyword arguments its signature accepts (APIs still settling)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
 
 
 def skip_row(ctx: RunContext, benchmark: str, case: str, provider: str, reason: str, *, status: str = "skipped",

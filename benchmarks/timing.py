@@ -38,8 +38,9 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _quantiles(samples_ms: Sequence[float]) -> tuple[float, float, float]:
-    q = torch.quantile(torch.tensor(samples_ms, dtype=torch.float64), torch.tensor(QUANTILES, dtype=torch.float64))
+def quantiles(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(median, p20, p80) of `samples`, interpolated linearly as Triton's do_bench does."""
+    q = torch.quantile(torch.tensor(samples, dtype=torch.float64), torch.tensor(QUANTILES, dtype=torch.float64))
     return tuple(float(v) for v in q)
 
 
@@ -54,7 +55,7 @@ def _time_cpu(fn: Callable, warmup_ms: float, rep_ms: float, min_reps: int, max_
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(*_quantiles(samples), method="wallclock")
+    return Timing(*quantiles(samples), method="wallclock")
 
 
 def _time_slow_cuda(fn: Callable, reps: int) -> Timing:
@@ -66,7 +67,7 @@ def _time_slow_cuda(fn: Callable, reps: int) -> Timing:
         end.record()
         torch.cuda.synchronize()
         samples.append(start.elapsed_time(end))
-    return Timing(*_quantiles(samples), method=f"cuda events x{reps} (slow op)")
+    return Timing(*quantiles(samples), method=f"cuda events x{reps} (slow op)")
 
 
 def time_fn(fn: Callable, device, *, cudagraph: bool = False, warmup_ms: float = 25.0, rep_ms: float = 100.0,
@@ -140,19 +141,17 @@ def time_cudagraph(fn: Callable, device, *, rep_ms: float = 20.0, min_calls: int
             samples.append(start.elapsed_time(end) / calls)
     torch.cuda.current_stream(device).wait_stream(stream)
     del graph
-    return Timing(*_quantiles(samples), method=f"cudagraph ({calls} calls x {replays} replays)")
+    return Timing(*quantiles(samples), method=f"cudagraph ({calls} calls x {replays} replays)")
 
 
 def host_us_per_call(fn: Callable, device, calls: int = 200) -> float:
     """Eager host cost: µs per call to enqueue `fn` back to back (no synchronisation inside the loop)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     elapsed = time.perf_counter() - start
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return elapsed / calls * 1e6
 
 

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", default=None, type=str.lower, choices=["none", "alps", "admm"],
                    help="re-fit the kept weights after the method's mask (ALPS's CG on the support or fixed-mask ADMM); "
                         "same as --<method>-update")
+    p.add_argument("--permute", action="store_true",
+                   help="N:M only (wanda, magnitude): choose the groups along an input-channel permutation (RIA's "
+                        "reallocation + linear sum assignment); the 2:4 layers of --save-format sparsekit gather x by it")
     p.add_argument("--allocation", default=None, type=str.lower, choices=["owl"],
                    help="spread --sparsity over blocks first (owl: from the dense model's outlier ratios; unstructured only)")
     p.add_argument("--owl-m", type=float, default=None, help="OWL: a Wanda score above M x mean is an outlier (default 5)")
@@ -145,9 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lm-eval", action="store_true", help="run the zero-shot tasks through lm-evaluation-harness (needs lm-eval + hub)")
     e.add_argument("--no-ppl", action="store_true", help="skip perplexity (with --zeroshot)")
     e.add_argument("--json", default=None)
-
-    b = sub.add_parser("bench", help="benchmarks: kernels, decode, prune-time, accuracy, all, plot, tables (source checkout)")
-    _add_bench_args(b)
 
     s = sub.add_parser("sparsify", help="store a 2:4-pruned checkpoint compressed (SparseLinear24 layers, 0.5625x weight bytes)")
     _add_model_args(s)
@@ -259,6 +259,7 @@ def cmd_prune(args) -> dict:
         checkpoint_dir=args.checkpoint_dir,
         allocation=args.allocation,
         allocation_options={k: v for k, v in (("m", args.owl_m), ("lam", args.owl_lambda)) if v is not None},
+        permute=args.permute,
         **({"targets": args.targets} if args.targets else {}),
         **({"ignore": args.ignore} if args.ignore else {}),
     )
@@ -290,7 +291,7 @@ def cmd_prune(args) -> dict:
     seconds["calibration_text"] = time.perf_counter() - t
     summary = {"model": args.model, "method": args.method, "pattern": args.pattern, "dtype": str(model.dtype),
                "device": device, "calibration": {"source": args.calib, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed},
-               "method_options": config.method_options,
+               "method_options": config.method_options, "permute": config.permute,
                "allocation": {"name": config.allocation, **config.allocation_options} if config.allocation else None}
     if args.eval and not args.skip_dense_eval and main_process:
         t = time.perf_counter()
@@ -425,38 +426,6 @@ def cmd_sparsify(args) -> dict:
     print(size_table(summary))
     _write_json(summary, args.json)
     return summary
-
-
-def _benchmarks_cli():
-    """benchmarks/cli.py of the source checkout this package runs from, or None (installed wheel)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "cli.py").exists():
-        return None
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import benchmarks.cli
-
-    return benchmarks.cli
-
-
-def _add_bench_args(parser: argparse.ArgumentParser) -> None:
-    bench = _benchmarks_cli()
-    if bench is not None:
-        bench.configure(parser)
-    else:
-        parser.add_argument("bench_args", nargs="*", help="(the benchmark suite lives in the source checkout's benchmarks/)")
-
-
-@subcommand("bench")
-def cmd_bench(args) -> None:
-    bench = _benchmarks_cli()
-    if bench is None:
-        raise FileNotFoundError("sparsekit bench runs the suite in benchmarks/ of a source checkout; clone the repository "
-                                "and pip install -e . there (see benchmarks/README.md)")
-    args.argv = sys.argv[2:]
-    rc = bench.execute(args)
-    if rc:
-        raise SystemExit(rc)
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@ re-plans it and it needs its own compressed blob on every call (explicit backend
 its measured times stay in the table for comparison).
 
 The table, `sparsekit/tuning/sparse24_matmul.json` (or the file named by SPARSEKIT_SPARSE24_TABLE), is
-written by `benchmarks/tune_sparse24.py` on the device (`table_from_rows` builds one from its rows): per device name and dtype, per weight shape (N, K),
+written by `python -m benchmarks kernels --ops matmul --write-table` on the device (`table_from_rows` builds one from its rows): per device name and dtype, per weight shape (N, K),
 the median time of every candidate at several M. For a call (M, N, K):
   * the shape is the measured (N, K) nearest in log scale (exact when measured);
   * each candidate's time at M is interpolated linearly in log-time over log-M between the two measured
@@ -60,7 +60,7 @@ def load_table() -> dict:
         table = json.load(fh)
     if table.get("format") != TABLE_FORMAT:
         raise ValueError(f"{path} is not a sparse24_matmul tuning table (format {table.get('format')!r}, "
-                         f"expected {TABLE_FORMAT!r}); delete it or re-run benchmarks/tune_sparse24.py")
+                         f"expected {TABLE_FORMAT!r}); delete it or re-run python -m benchmarks kernels --ops matmul --write-table")
     return table
 
 

@@ -1,7 +1,10 @@
 """The benchmark suite: --quick end to end on CPU, the result schema, README tables, plots, merge."""
 import dataclasses
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +12,9 @@ import torch
 from benchmarks import cli, schema, tables
 from benchmarks.bench_decode import Decoder
 from benchmarks.bench_kernels import matmul_bytes
-from benchmarks.models import TINY_LLAMA, build_llama
-from benchmarks.timing import Rotation, rotation_copies, time_fn
+from benchmarks.models import prune_24_magnitude_
+from benchmarks.timing import Rotation, quantiles, rotation_copies, time_fn
+from tests.helpers import tiny_llama
 
 BENCHMARKS = ("kernels", "decode", "prune-time", "accuracy", "zeroshot")
 
@@ -114,6 +118,17 @@ def test_timing_and_rotation_on_cpu():
     assert rotation_copies(10**6, "cpu") == 2
     with pytest.raises(ValueError):
         Rotation([])
+    assert quantiles([4.0, 1.0, 3.0, 2.0, 5.0, 6.0]) == pytest.approx((3.5, 2.0, 5.0))  # torch.quantile, linear
+
+
+def test_magnitude_24_prunes_what_sparsify_converts():
+    import sparsekit
+
+    model = tiny_llama()
+    assert prune_24_magnitude_(model) == 14  # 2 blocks x (q, k, v, o, gate, up, down); lm_head is ignored
+    report = sparsekit.sparsify(model)
+    assert len(report.swapped) == 14 and not report.skipped
+    assert model.lm_head.weight.count_nonzero() == model.lm_head.weight.numel()
 
 
 def test_matmul_bytes_give_the_178x_ceiling():
@@ -123,8 +138,8 @@ def test_matmul_bytes_give_the_178x_ceiling():
 
 
 def test_decoder_static_cache_matches_full_recompute():
-    model = build_llama(TINY_LLAMA, device="cpu", dtype=torch.float32)
-    prompt = torch.randint(0, TINY_LLAMA["vocab_size"], (2, 8), generator=torch.Generator().manual_seed(1))
+    model = tiny_llama().requires_grad_(False)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
     decoder = Decoder(model, 2, 8, 6, "eager", "cpu")
     assert decoder.prepare(prompt) == "eager"
     _, _, first = decoder.generate(prompt)
@@ -235,9 +250,17 @@ def test_cli_errors():
     assert cli.main(["kernels", "--quick", "--device", "cuda"]) == 2
 
 
-def test_sparsekit_bench_subcommand(quick_results, tmp_path, capsys):
-    from sparsekit.cli import main
-
+def test_python_m_benchmarks_is_the_entry_point(quick_results):
+    """The suite runs as `python -m benchmarks` from the repository root; the library never imports it."""
     root, _ = quick_results
-    assert main(["bench", "tables", "--print", "prune-time", "--results-dir", str(root), "--quick"]) == 0
-    assert "tiny-llama" in capsys.readouterr().out
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "tables", "--print", "prune-time", "--results-dir", str(root),
+                          "--quick"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "tiny-llama" in out.stdout
+    from sparsekit.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "tables"])
+    probe = "import sys, sparsekit, sparsekit.cli; sys.exit('benchmarks' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=repo, timeout=300).returncode == 0
