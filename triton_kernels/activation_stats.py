@@ -104,3 +104,12 @@ def activation_sums(x: torch.Tensor, *, token_splits: int | None = None) -> tupl
     seq_mean = (span_mean * counts[:, None]).sum(dim=1, keepdim=True) / seq_len
     seq_m2 = (span_m2 + counts[:, None] * (span_mean - seq_mean).square()).sum(dim=1)
     return sum_x, sum_sq, (seq_m2 / seq_len).sum(dim=0).float()
+
+
+def compile_variants():
+    """Every kernel specialisation activation_sums can launch on a GPU (features made contiguous: stride_c = 1)."""
+    from sparsekit.triton_kernels.variants import FLOATS_AND_FP64, Variant
+
+    ints = dict(S="i32", C="i32", span="i32", stride_b="i32", stride_s="i32")
+    return [Variant(_activation_partials_kernel, dict(x_ptr=f"*{dtype}", part_ptr="*fp32", **ints),
+                    dict(stride_c=1, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C)) for dtype in FLOATS_AND_FP64]

@@ -98,11 +98,16 @@ def _grad_bins_kernel(dy_ptr, x_ptr, w_ptr, rank_ptr, bucket_ptr, bins_ptr,
 
 
 def _precision(dtype: torch.dtype):
-    return "ieee" if dtype == torch.float32 else None
+    return "ieee" if dtype in (torch.float32, torch.float64) else None
 
 
-# The interpreter's tl.dot mis-handles bf16 (numpy has no bf16): upcast the tiles there, only there.
+# UPCAST converts the tiles to fp32 before tl.dot: under the interpreter, whose tl.dot mis-handles bf16 (numpy
+# has no bf16), and for float64 inputs everywhere (the accumulator is fp32; a GPU's fp64 dot does not fit it).
 _UPCAST = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return _UPCAST or dtype == torch.float64
 
 
 def besa_masked_linear_forward(x, weight, ranks, prune_counts, block_t=64, block_n=64, block_k=32):
@@ -114,7 +119,7 @@ def besa_masked_linear_forward(x, weight, ranks, prune_counts, block_t=64, block
     _forward_kernel[grid](x, weight, ranks, prune_counts, y, tokens, n, k,
                           x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), ranks.stride(0), ranks.stride(1),
                           y.stride(0), y.stride(1),
-                          BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=_precision(x.dtype), UPCAST=_UPCAST)
+                          BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype))
     return y
 
 
@@ -131,11 +136,32 @@ def besa_masked_linear_backward(grad_y, x, weight, ranks, prune_counts, bucket_o
         _grad_x_kernel[grid](grad_y, weight, ranks, prune_counts, grad_x, tokens, n, k,
                              grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
                              ranks.stride(0), ranks.stride(1), grad_x.stride(0), grad_x.stride(1),
-                             BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, UPCAST=_UPCAST)
+                             BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, UPCAST=_upcast(x.dtype))
     bins = torch.zeros(n, num_candidates, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
     _grad_bins_kernel[grid](grad_y, x, weight, ranks, bucket_of_rank, bins, tokens, n, k, num_candidates,
                             grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1),
                             weight.stride(0), weight.stride(1), ranks.stride(0), ranks.stride(1),
-                            BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, UPCAST=_UPCAST)
+                            BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, UPCAST=_upcast(x.dtype))
     return grad_x, bins
+
+
+def compile_variants():
+    """Every kernel specialisation the two launchers can pick on a GPU (default tiles; x and weight share a dtype)."""
+    from sparsekit.triton_kernels.variants import FLOATS_AND_FP64, Variant
+
+    variants = []
+    for dtype in FLOATS_AND_FP64:
+        tiles = dict(BLOCK_T=64, BLOCK_N=64, BLOCK_K=32, PRECISION="ieee" if dtype in ("fp32", "fp64") else None,
+                     UPCAST=dtype == "fp64")
+        unit = {"stride_xk", "stride_wk", "stride_rk", "stride_yn", "stride_dyn", "stride_dxk"}  # contiguous rows
+        sizes = dict(T="i32", N="i32", K="i32")
+        fwd = dict(x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", rank_ptr="*i32", count_ptr="*i32", y_ptr=f"*{dtype}", **sizes)
+        grad_x = dict(dy_ptr=f"*{dtype}", w_ptr=f"*{dtype}", rank_ptr="*i32", count_ptr="*i32", dx_ptr=f"*{dtype}", **sizes)
+        bins = dict(dy_ptr=f"*{dtype}", x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", rank_ptr="*i32", bucket_ptr="*i32",
+                    bins_ptr="*fp32", NUM_CANDIDATES="i32", **sizes)
+        for kernel, types in ((_forward_kernel, fwd), (_grad_x_kernel, grad_x), (_grad_bins_kernel, bins)):
+            strides = [a for a in kernel.arg_names if a.startswith("stride_")]
+            variants.append(Variant(kernel, {**types, **{a: "i32" for a in strides if a not in unit}},
+                                    {**{a: 1 for a in strides if a in unit}, **tiles}))
+    return variants

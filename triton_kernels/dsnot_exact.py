@@ -105,3 +105,14 @@ def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
     _dsnot_exact_kernel[(rows,)](W, out, R, H, H.diagonal().contiguous(), cols, W.stride(0), out.stride(0), R.stride(0),
                                  H.stride(0), int(max_cycles), M=int(m), BLOCK=block, num_warps=4, enable_fp_fusion=False)
     return out.bool()
+
+
+def compile_variants():
+    """Every kernel specialisation dsnot_exact can launch on a GPU: unstructured or N:M with M a power of
+    two (2:4, 4:8 and 8:16 here), BLOCK = max(next_power_of_2(min(cols, 1024)), 16, M)."""
+    from sparsekit.triton_kernels.variants import Variant
+
+    types = dict(W="*fp32", KEEP="*u8", R="*fp32", H="*fp32", DIAG="*fp32", cols="i32", stride_w="i32", stride_k="i32",
+                 stride_r="i32", stride_h="i32", max_cycles="i32")
+    return [Variant(_dsnot_exact_kernel, types, dict(M=m, BLOCK=block), fp_fusion=False)
+            for m in (0, 4, 8, 16) for block in (16, 32, 64, 128, 256, 512, 1024) if block >= m]

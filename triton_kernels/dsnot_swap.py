@@ -214,3 +214,29 @@ def dsnot(weight, keep, mean, grow_scale, col_norm, eps0, max_cycles, threshold,
         num_warps=4, enable_fp_fusion=False,
     )
     return (out, eps) if return_error else out
+
+
+def compile_variants():
+    """Kernel specialisations dsnot can launch on a GPU (each takes seconds to compile, so not the full product).
+
+    LIST = max(16, next_power_of_2(min(max_cycles, cols))): 16..128 covers max_cycles <= 128 (default 50 -> 64).
+    Every rule (official, official + same_sign, error; N:M forces same_sign) x pattern (unstructured, 2:4, 4:8)
+    at LIST 64 in bf16; every LIST for unstructured and 2:4; every weight dtype at the defaults (the dtype only
+    changes the weight loads, converted to fp32 at once).
+    """
+    from sparsekit.triton_kernels.variants import FLOATS_AND_FP64, Variant
+
+    def variant(dtype="bf16", same_sign=False, error_rule=False, n=0, m=0, listlen=64):
+        types = dict(w_ptr=f"*{dtype}", keep_ptr="*u8", out_ptr="*u8", mean_ptr="*fp32", grow_ptr="*fp32", norm_ptr="*fp32",
+                     cost_ptr="*fp64", eps0_ptr="*fp64", eps_out_ptr="*fp64", rows="i32", cols="i32", stride_w="i32",
+                     stride_k="i32", stride_o="i32", threshold="fp32", max_cycles="i32")
+        consts = dict(SAME_SIGN=bool(same_sign or m), ERROR_RULE=error_rule, N=n, M=m, BLOCK_R=max(1, min(8, 512 // listlen)),
+                      LIST=listlen, LOG=listlen.bit_length() - 1, LIBRARY_SORT=True)
+        return Variant(_dsnot_kernel, types, consts, fp_fusion=False)
+
+    rules = [dict(), dict(same_sign=True), dict(error_rule=True)]
+    patterns = [dict(), dict(n=2, m=4), dict(n=4, m=8)]
+    chosen = [variant(**rule, **pattern) for rule in rules for pattern in patterns]
+    chosen += [variant(**pattern, listlen=listlen) for pattern in patterns[:2] for listlen in (16, 32, 64, 128)]
+    chosen += [variant(dtype) for dtype in FLOATS_AND_FP64]
+    return list({v.describe(): v for v in chosen}.values())  # without repeats

@@ -290,3 +290,38 @@ def select_mask(score: torch.Tensor, sparsity, n: int, m: int, scope: str = "row
     if scope == "matrix" and not m:
         return select_matrix(score, sparsity)
     return select_rows(score, sparsity, n, m)
+
+
+def compile_variants():
+    """Every kernel specialisation the launchers above can pick on a GPU (one row per program there)."""
+    from itertools import product
+
+    from sparsekit.triton_kernels.variants import FLOATS_AND_FP64, Variant
+
+    def key_args(dtype):  # select_mask's score of any float dtype (float64: 64-bit keys), or wanda's weight + fp32 norm
+        return [(dict(src_ptr=f"*{dtype}", norm_ptr=f"*{dtype}"), dict(HAS_NORM=False, WIDE=dtype == "fp64")),
+                (dict(src_ptr=f"*{dtype}", norm_ptr="*fp32"), dict(HAS_NORM=True, WIDE=False))]
+
+    row = dict(k_ptr="*i32", keep_ptr="*i1", rows="i32", cols="i32", stride_r="i32")
+    blocks = [128, 256, 512, ROW_BLOCK]  # min(ROW_BLOCK, max(128, next_power_of_2(cols)))
+    variants = []
+    for dtype, block in product(FLOATS_AND_FP64, blocks):
+        for types, flags in key_args(dtype):
+            variants.append(Variant(_row_select_kernel, {**row, **types}, dict(stride_c=1, **flags, ROWS=1, BLOCK=block)))
+    for dtype, (n, m) in product(FLOATS_AND_FP64, [(2, 4), (4, 8), (1, 3)]):
+        for types, flags in key_args(dtype):
+            m_pad = triton.next_power_of_2(m)
+            variants.append(Variant(_nm_select_kernel, dict(keep_ptr="*i1", n_groups="i32", groups_per_row="i32", stride_r="i32", **types),
+                                    dict(stride_c=1, N=n, M=m, M_PAD=m_pad, BLOCK_G=NM_TILE // m_pad, **flags)))
+    flat_blocks = [128, 256, 512, FLAT_BLOCK]  # min(FLAT_BLOCK, max(128, next_power_of_2(numel)))
+    for dtype in FLOATS_AND_FP64:
+        wide = dtype == "fp64"
+        flat = dict(src_ptr=f"*{dtype}", numel="i32", state_ptr="*i64", blocks_per_program="i32")
+        for shift in range(0, 64 if wide else 32, 8):
+            variants.append(Variant(_matrix_pick_kernel, dict(state_ptr="*i64", hist_ptr="*i64"), dict(SHIFT=shift, WIDE=wide)))
+            variants += [Variant(_matrix_histogram_kernel, dict(hist_ptr="*i64", **flat), dict(SHIFT=shift, WIDE=wide, BLOCK=b))
+                         for b in flat_blocks]
+        variants += [Variant(_matrix_ties_kernel, dict(counts_ptr="*i32", **flat), dict(WIDE=wide, BLOCK=b)) for b in flat_blocks]
+        variants += [Variant(_matrix_mask_kernel, dict(ties_before_ptr="*i64", keep_ptr="*i1", **flat), dict(WIDE=wide, BLOCK=b))
+                     for b in flat_blocks]
+    return variants

@@ -599,3 +599,42 @@ def _build_launch_plan(x2d, values, meta, bias, compile_kernel):
     constexprs = (flags["HAS_BIAS"], flags["EVEN_N"], flags["EVEN_K"], flags["IEEE"],
                   cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
     return LaunchPlan(device, n, k, bucket, cfg, compiled, constexprs, store), out
+
+
+def compile_variants():
+    """Kernel specialisations the launcher can pick on a GPU (tests/kernels/test_compiles_for_gpu.py).
+
+    Every autotune config (tile shape x warps x stages, split-K 1 or more: SPLIT_K is a runtime value that
+    Triton specialises only when it is 1) and every heuristic config, in bf16; in fp16 and fp32 (IEEE dot), one
+    tile shape per BLOCK_M (the dtype changes the loads and the dot, not the tiling). The heuristics' EVEN_N /
+    EVEN_K and HAS_BIAS rotate through their 8 combinations. x's and out's columns contiguous (unit strides),
+    sizes and pointers 16-aligned, as in a model.
+    """
+    from itertools import product
+
+    from sparsekit.triton_kernels.variants import Variant
+
+    def variant(i, dtype, cfg, split_one):
+        kw = cfg.kwargs
+        ptrs = dict(x_ptr=f"*{dtype}", values_ptr=f"*{dtype}", meta_ptr="*i16", bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}",
+                    ws_ptr="*fp32", count_ptr="*i32")
+        ints = dict(M="i32", N="i32", K="i32", M_BUCKET="i32", stride_xm="i32", stride_vn="i32", stride_om="i32")
+        flags = dict(HAS_BIAS=bool(i & 1), EVEN_N=bool(i & 2), EVEN_K=bool(i & 4), IEEE=dtype == "fp32")
+        split = {"SPLIT_K": 1} if split_one else {}
+        return Variant(_sparse24_matmul_kernel, {**ptrs, **ints, **({} if split_one else {"SPLIT_K": "i32"})},
+                       dict(stride_xk=1, stride_on=1, **flags, BLOCK_M=kw["BLOCK_M"], BLOCK_N=kw["BLOCK_N"],
+                            BLOCK_K=kw["BLOCK_K"], **split),
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                       aligned=("N", "K", "stride_xm", "stride_vn", "stride_om"))
+
+    def tiles(cfg):
+        return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages
+
+    tuned = list({tiles(c): c for c in _all_configs()}.values())
+    heuristic = list({tiles(c): c for c in (_heuristic_config(m, n, k) for m, n, k in
+                                            product((1, 2, 3, 16, 32, 64, 300), (32, 4096), (64, 4096)))}.values())
+    chosen = [(cfg, split_one) for cfg in tuned + heuristic for split_one in (True, False)]
+    variants = [variant(i, "bf16", cfg, split_one) for i, (cfg, split_one) in enumerate(chosen)]
+    per_block_m = list({cfg.kwargs["BLOCK_M"]: cfg for cfg in reversed(tuned)}.values())
+    variants += [variant(i, dtype, cfg, i % 2 == 0) for dtype in ("fp16", "fp32") for i, cfg in enumerate(per_block_m)]
+    return variants
