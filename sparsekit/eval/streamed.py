@@ -14,15 +14,13 @@ from tqdm.auto import tqdm
 from sparsekit.eval.perplexity import eval_windows, next_token_nll
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.pipeline.capture import capture_inputs, forward_from_last_block
-from sparsekit.pipeline.placement import Placement
+from sparsekit.pipeline.placement import Placement, non_block_modules, on_device
 
 
 @torch.no_grad()
 def perplexity_streamed(model, tokenizer, text_or_dataset, placement: Placement, seqlen: int = 2048,
                         batch_size: int = 1, max_windows: int | None = None, device="cpu",
                         activations_device=None, add_bos="auto") -> float:
-    from sparsekit.pipeline.prune import non_block_modules, on_device
-
     device = torch.device(device)
     ids = eval_windows(tokenizer, text_or_dataset, seqlen, max_windows, add_bos)
     _, blocks = find_blocks(model)

@@ -28,7 +28,7 @@ from sparsekit._io import output_dir
 from sparsekit.hf.saving import protected_inputs
 from sparsekit.hf import compressed_tensors as ct
 from sparsekit.hf.sparsify import set_submodule, sparse_layers
-from sparsekit.hf.state_io import assign, finish, read_json, read_state, save_tensors, skeleton, write_json
+from sparsekit.hf.safetensors_io import assign, finish, read_json, read_state, save_tensors, skeleton, write_json
 from sparsekit.nn.sparse_linear import SparseLinear24
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sparsekit.hf.sparsify import set_submodule
-from sparsekit.hf.state_io import assign, dedup, read_json, read_state, skeleton
+from sparsekit.hf.safetensors_io import assign, dedup, read_json, read_state, skeleton
 from sparsekit.nn.sparse_linear import SparseLinear24, why_not_24
 from sparsekit.ops.sparse24 import bitmask_to_dense, decompress_24, to_bitmask_24
 

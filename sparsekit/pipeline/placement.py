@@ -9,13 +9,15 @@
 """
 from __future__ import annotations
 
-import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from sparsekit.hf.safetensors_io import SafetensorsIndex, materialise
 
 log = logging.getLogger(__name__)
 GiB = 1024**3
@@ -29,6 +31,37 @@ def module_device(module: nn.Module) -> torch.device:
 
 def on_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
+
+
+@contextmanager
+def on_device(modules: list[nn.Module], device: torch.device):
+    """Move modules to `device` for the duration, then back where each was."""
+    homes = [module_device(m) for m in modules]
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in zip(modules, homes):
+            m.to(home)
+
+
+def non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
+    """The smallest set of submodules covering every parameter/buffer outside the blocks."""
+    inside = {id(m) for m in blocks.modules()}
+    out = []
+
+    def visit(module):
+        for child in module.children():
+            if child is blocks:
+                continue
+            if any(id(d) in inside for d in child.modules()):
+                visit(child)
+            else:
+                out.append(child)
+
+    visit(model)
+    return out
 
 
 class Placement:
@@ -60,51 +93,9 @@ class CPUOffload(Placement):
         block.to(self._homes.pop(index, torch.device("cpu")))
 
 
-class SafetensorsIndex:
-    """Tensor name -> file for one checkpoint directory (single file or sharded with an index)."""
-
-    def __init__(self, directory: str | Path):
-        directory = Path(directory)
-        index = directory / "model.safetensors.index.json"
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.files = {key: directory / name for key, name in weight_map.items()}
-        else:
-            files = sorted(directory.glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"no safetensors weights in {directory}; disk streaming needs a safetensors checkpoint")
-            from safetensors import safe_open
-
-            self.files = {}
-            for file in files:
-                with safe_open(file, framework="pt") as fh:
-                    self.files.update({key: file for key in fh.keys()})
-
-    def load(self, keys: list[str], device) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
-
-        missing = [k for k in keys if k not in self.files]
-        if missing:
-            raise KeyError(f"tensors {missing[:3]}… are not in the checkpoint; its names differ from the model's (use --offload cpu)")
-        out, by_file = {}, {}
-        for key in keys:
-            by_file.setdefault(self.files[key], []).append(key)
-        for file, names in by_file.items():
-            with safe_open(file, framework="pt", device=str(device)) as fh:
-                out.update({name: fh.get_tensor(name) for name in names})
-        return out
-
-
 def block_tensor_names(block: nn.Module) -> list[str]:
     """Names of a block's parameters and persistent buffers (what a checkpoint stores)."""
     return list(block.state_dict(keep_vars=True).keys())
-
-
-def materialise(block: nn.Module, tensors: dict[str, torch.Tensor], device, dtype=None) -> None:
-    from accelerate.utils import set_module_tensor_to_device
-
-    for name, value in tensors.items():
-        set_module_tensor_to_device(block, name, device, value=value, dtype=dtype)
 
 
 class DiskStream(Placement):

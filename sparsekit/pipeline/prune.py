@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -25,7 +24,7 @@ from sparsekit.pipeline.capture import capture_inputs
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
 from sparsekit.pipeline.config import PruneConfig
 from sparsekit.preflight import check_layer_selection
-from sparsekit.pipeline.placement import DiskStream, module_device, plan_placement
+from sparsekit.pipeline.placement import DiskStream, module_device, non_block_modules, on_device, plan_placement
 from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport, row_sparsity_spread
 from sparsekit.pruners import BlockContext, LayerTarget, make_pruner
 
@@ -34,37 +33,6 @@ log = logging.getLogger(__name__)
 
 def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
-
-
-@contextmanager
-def on_device(modules: list[nn.Module], device: torch.device):
-    """Move modules to `device` for the duration, then back where each was."""
-    homes = [module_device(m) for m in modules]
-    for m in modules:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m, home in zip(modules, homes):
-            m.to(home)
-
-
-def non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
-    """The smallest set of submodules covering every parameter/buffer outside the blocks."""
-    inside = {id(m) for m in blocks.modules()}
-    out = []
-
-    def visit(module):
-        for child in module.children():
-            if child is blocks:
-                continue
-            if any(id(d) in inside for d in child.modules()):
-                visit(child)
-            else:
-                out.append(child)
-
-    visit(model)
-    return out
 
 
 def _check_calibration(input_ids) -> torch.Tensor:

@@ -1,14 +1,30 @@
 """Tensors in and out of checkpoint directories: safetensors only, a meta-device skeleton, tied weights.
 
-Shared by the sparsekit and compressed-tensors checkpoint formats (`sparsekit.hf.compressed`).
+Shared by the sparsekit and compressed-tensors checkpoint formats (`sparsekit.hf.compressed`), model
+loading (`sparsekit.hf.loading`: dtype names, the disk-offload skeleton) and block streaming
+(`sparsekit.pipeline.placement.DiskStream`). It imports no other sparsekit module but `_io`.
 """
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
 from torch import nn
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """A torch dtype, or None for the checkpoint's own ('checkpoint', and 'auto' where no device is known)."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype in ("auto", "checkpoint"):
+        return None if dtype in ("auto", "checkpoint") else dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'") from None
 
 
 def dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -90,8 +106,6 @@ def assign(model: nn.Module, state: dict[str, torch.Tensor], aliases: dict[str, 
 
 def read_state(path: Path, dtype) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, floating ones cast to `dtype` (None keeps them); skeleton buffers stay as built."""
-    from sparsekit.hf.loading import parse_dtype
-
     dtype = parse_dtype(dtype)
     state = read_tensors(path)
     if dtype is not None:
@@ -106,3 +120,60 @@ def finish(model: nn.Module, path: Path, device) -> nn.Module:
     if (path / "generation_config.json").is_file() and hasattr(model, "generation_config"):
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model.eval()
+
+
+class SafetensorsIndex:
+    """Tensor name -> file for one checkpoint directory (single file or sharded with an index)."""
+
+    def __init__(self, directory: str | Path):
+        directory = Path(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {key: directory / name for key, name in weight_map.items()}
+        else:
+            files = sorted(directory.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no safetensors weights in {directory}; disk streaming needs a safetensors checkpoint")
+            from safetensors import safe_open
+
+            self.files = {}
+            for file in files:
+                with safe_open(file, framework="pt") as fh:
+                    self.files.update({key: file for key in fh.keys()})
+
+    def load(self, keys: list[str], device) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        missing = [k for k in keys if k not in self.files]
+        if missing:
+            raise KeyError(f"tensors {missing[:3]}… are not in the checkpoint; its names differ from the model's (use --offload cpu)")
+        out, by_file = {}, {}
+        for key in keys:
+            by_file.setdefault(self.files[key], []).append(key)
+        for file, names in by_file.items():
+            with safe_open(file, framework="pt", device=str(device)) as fh:
+                out.update({name: fh.get_tensor(name) for name in names})
+        return out
+
+
+def materialise(module: nn.Module, tensors: dict[str, torch.Tensor], device, dtype=None) -> None:
+    """Put `tensors` ({name relative to module: tensor}) into `module` on `device`, replacing meta tensors."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    for name, value in tensors.items():
+        set_module_tensor_to_device(module, name, device, value=value, dtype=dtype)
+
+
+def tensor_bytes(directory) -> dict[str, int]:
+    """Bytes each tensor occupies in the directory's *.safetensors files (from their headers)."""
+    sizes = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with open(file, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                begin, end = entry["data_offsets"]
+                sizes[name] = end - begin
+    return sizes
