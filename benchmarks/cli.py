@@ -1,4 +1,4 @@
-"""`python -m benchmarks <kind> ...` and `sparsekit bench <kind> ...`.
+"""`python -m benchmarks <kind> ...`, run from the repository root (the suite's only entry point).
 
 Kinds: kernels, decode, prune-time, accuracy, host-overhead, all (those in that order); plus plot, tables
 (README regeneration) and merge (fold rows fetched from a GPU machine into the results tree).
@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the benchmark subcommands to `parser` (used by python -m benchmarks and sparsekit bench)."""
+    """Add the benchmark subcommands to `parser`."""
     sub = parser.add_subparsers(dest="bench_kind", required=True, metavar="{kernels,decode,prune-time,accuracy,host-overhead,all,plot,tables,merge}")
     for kind, module in KINDS.items():
         p = sub.add_parser(kind, help=(importlib.import_module(module).__doc__ or "").strip().splitlines()[0])
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
 
 
-def _context(args):
+def _context(args, argv: list[str]):
     import torch
 
     from benchmarks.common import RunContext
@@ -68,7 +68,6 @@ def _context(args):
         raise ValueError("--quick is the CPU smoke version of the suite; drop --device or use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    argv = getattr(args, "argv", None) or sys.argv[1:]
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv)
     return RunContext(device=device, quick=args.quick, results_root=Path(args.results_dir), command=command,
                       resume=args.resume, rep_ms=args.rep_ms or (5.0 if args.quick else 100.0),
@@ -88,7 +87,7 @@ def _merge(args) -> None:
         print(f"merged {path} -> {target}")
 
 
-def execute(args) -> int:
+def execute(args, argv: list[str]) -> int:
     kind = args.bench_kind
     if kind == "plot":
         from benchmarks import plot
@@ -101,7 +100,7 @@ def execute(args) -> int:
     if kind == "merge":
         _merge(args)
         return 0
-    ctx = _context(args)
+    ctx = _context(args, argv)
     kinds = list(KINDS) if kind == "all" else [kind]
     start = time.perf_counter()
     for name in kinds:
@@ -116,9 +115,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     configure(parser)
     args = parser.parse_args(argv)
-    args.argv = argv
     try:
-        return execute(args)
+        return execute(args, argv)
     except (ValueError, FileNotFoundError) as exc:
         print(f"benchmarks: error: {exc}", file=sys.stderr)
         return 2

@@ -128,7 +128,7 @@ def table_kernels(results, opts) -> str:
     by_device = _rows(results, "kernels", opts.get("device"), gpu_only="device" not in opts)
     slug = opts.get("device") or _newest_device(by_device)
     if not slug or slug not in by_device:
-        return _no_results("GPU kernel", "run `bash benchmarks/run_gpu.sh` on a GPU machine")
+        return _no_results("GPU kernel", "run `FULL=1 bash benchmarks/gpu_check.sh` on a GPU")
     rows = [r for r in by_device[slug] if r.case.startswith("sparse24_matmul/")]
     if not rows:
         return _no_results("2:4 matmul", "run `python -m benchmarks kernels --ops matmul` on a GPU")
@@ -162,7 +162,7 @@ def table_kernel_ops(results, opts) -> str:
     by_device = _rows(results, "kernels", opts.get("device"), gpu_only="device" not in opts)
     slug = opts.get("device") or _newest_device(by_device)
     if not slug or slug not in by_device:
-        return _no_results("GPU kernel", "run `bash benchmarks/run_gpu.sh` on a GPU machine")
+        return _no_results("GPU kernel", "run `FULL=1 bash benchmarks/gpu_check.sh` on a GPU")
     rows = [r for r in by_device[slug] if r.case.split("/")[0] in ("wanda_mask", "select_mask", "activation_stats", "dsnot")]
     cases = list(dict.fromkeys(r.case for r in rows))
     index = {(r.case, r.provider): r for r in rows}
@@ -185,7 +185,7 @@ def table_decode(results, opts) -> str:
     by_device = _rows(results, "decode", opts.get("device"), gpu_only="device" not in opts)
     slug = opts.get("device") or _newest_device(by_device)
     if not slug or slug not in by_device:
-        return _no_results("GPU decode", "run `bash benchmarks/run_gpu.sh` on a GPU machine")
+        return _no_results("GPU decode", "run `FULL=1 bash benchmarks/gpu_check.sh` on a GPU")
     rows = by_device[slug]
     cases = list(dict.fromkeys(r.case for r in rows))
     index = {(r.case, r.provider): r for r in rows}
