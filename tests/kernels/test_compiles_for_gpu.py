@@ -158,7 +158,8 @@ def compile_all() -> dict:
     workers = int(os.environ.get("SPARSEKIT_COMPILE_JOBS", 0)) or os.cpu_count() or 1
     failures, seconds = [], {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for label, took, error, _ in pool.map(compile_one, *zip(*jobs), chunksize=1):
+        for done, (label, took, error, _) in enumerate(pool.map(compile_one, *zip(*jobs), chunksize=1), 1):
+            print(f"[{done}/{len(jobs)}] {took:5.1f} CPU s {'FAILED' if error else 'ok'}  {label}", file=sys.stderr, flush=True)
             kernel = label.split(" ")[0]
             seconds[kernel] = seconds.get(kernel, 0.0) + took
             if error:
