@@ -190,6 +190,9 @@ for path in sorted(root.glob("*/decode.jsonl")):
         else:
             print(f"  {r.case} [{r.provider}] {r.status}: {r.reason[:200]}")
 EOF
+  # the pruning-kernel and prune-time tables, for the steps that ran
+  if step ops; then "$PY" -m benchmarks tables --print kernel-ops --results-dir "$RESULTS" 2>&1 | tee -a "$OUT_DIR/summary.txt"; fi
+  if step prune; then "$PY" -m benchmarks tables --print prune-time --results-dir "$RESULTS" 2>&1 | tee -a "$OUT_DIR/summary.txt"; fi
 fi
 echo "== done in ${SECONDS}s${BUDGET:+ (BUDGET_S ${BUDGET})}"
 printf '  %s\n' "${SUMMARY[@]}"
