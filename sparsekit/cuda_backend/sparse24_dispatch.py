@@ -25,25 +25,20 @@ import functools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from sparsekit import backend as _backend
+from sparsekit._io import atomic_write_json
+from sparsekit.torch_backend.sparse24 import MAX_M_BUCKET, m_bucket  # noqa: F401 (public here too)
 
 OP = "sparse24_matmul"
 CANDIDATES = ("triton", "cuda", "cublas")
 DEFAULT_TRITON_MAX_M = 64
 TABLE_FORMAT = "sparsekit.sparse24_matmul.tuning/1"
 DEFAULT_TABLE = Path(__file__).resolve().parent.parent / "tuning" / "sparse24_matmul.json"
-MAX_M_BUCKET = 512
-
-
-def m_bucket(m: int) -> int:
-    """The token-count bucket: the next power of two of M (1, 2, 4, ..., 256), MAX_M_BUCKET for everything above."""
-    return min(1 << (max(1, m) - 1).bit_length(), MAX_M_BUCKET)
 
 
 def table_path() -> Path:
@@ -72,12 +67,7 @@ def reload_table() -> None:
 
 
 def _row_fields(row) -> dict | None:
-    """(device, dtype, M, N, K, provider, µs, alg_id) of a successful row: a BenchRow or a tune_sparse24 dict."""
-    if isinstance(row, dict):
-        if row.get("status", "ok") != "ok" or row.get("median_us") is None:
-            return None
-        return {"device": row["device"], "dtype": row["dtype"], "M": row["M"], "N": row["N"], "K": row["K"],
-                "provider": row["provider"], "us": float(row["median_us"]), "alg_id": row.get("cusparselt_alg_id")}
+    """(device, dtype, M, N, K, provider, µs, alg_id) of a successful benchmark row (benchmarks.schema.BenchRow)."""
     if row.status != "ok" or row.median is None:
         return None
     scale = {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}.get(row.unit)
@@ -89,7 +79,7 @@ def _row_fields(row) -> dict | None:
 
 
 def table_from_rows(rows) -> dict:
-    """A tuning table from measured rows (BenchRow with params M, N, K, dtype; or tune_sparse24's dicts).
+    """A tuning table from measured rows (BenchRow with params M, N, K, dtype: bench_kernels' 2:4 sweep).
 
     One entry per (device, dtype, N, K, M) where "cublas" was measured (so a pick is never slower than
     dense cuBLAS at a measured point); "dense" rows become the entry's `dense_ref`.
@@ -117,20 +107,8 @@ def table_from_rows(rows) -> dict:
 
 
 def write_table(table: dict, path: Path | None = None) -> Path:
-    """Write the table atomically (temp file + rename)."""
-    path = Path(path or table_path())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(table, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write the table atomically (sparsekit._io: temp file beside it, fsync, rename)."""
+    return atomic_write_json(Path(path or table_path()), table, indent=1, sort_keys=True)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -327,22 +327,18 @@ def fake_table():
     }
 
 
-def test_table_from_rows_of_both_row_kinds():
+def test_table_from_benchmark_rows():
     from benchmarks.schema import BenchRow
 
-    def bench(provider, m, ms, status="ok", alg=None):
-        params = {"M": m, "N": 4096, "K": 4096, "dtype": "bfloat16", **({"cusparselt_alg_id": alg} if alg else {})}
-        return BenchRow(benchmark="kernels", case=f"sparse24_matmul/4096x4096/M={m}", provider=provider, metric="time",
-                        unit="ms", median=ms, params=params, status=status, device=DEVICE_NAME)
-
-    def tuner(provider, m, us, n=11008):
-        return {"device": DEVICE_NAME, "dtype": "bfloat16", "M": m, "N": n, "K": 4096, "provider": provider,
-                "median_us": us, "status": "ok"}
+    def bench(provider, m, median, status="ok", alg=None, n=4096, unit="ms"):
+        params = {"M": m, "N": n, "K": 4096, "dtype": "bfloat16", **({"cusparselt_alg_id": alg} if alg else {})}
+        return BenchRow(benchmark="kernels", case=f"sparse24_matmul/{n}x4096/M={m}", provider=provider, metric="time",
+                        unit=unit, median=median, params=params, status=status, device=DEVICE_NAME)
 
     rows = [bench("triton", 1, 0.006), bench("cublas", 1, 0.011), bench("dense", 1, 0.0105),
             bench("cusparselt", 1, 0.004, alg=2), bench("cuda", 1, None, status="error"),
             bench("triton", 16, 0.009),  # no cublas at M=16: no entry (a pick must never lose to dense)
-            tuner("triton", 1, 16.0), tuner("cublas", 1, 30.0)]
+            bench("triton", 1, 16.0, n=11008, unit="us"), bench("cublas", 1, 30.0, n=11008, unit="us")]
     table = sparse24_dispatch.table_from_rows(rows)
     entries = table["devices"][DEVICE_NAME]["entries"]
     assert [(e["N"], e["M"]) for e in entries] == [(4096, 1), (11008, 1)]
