@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from sparsekit.cuda_backend.sparse24_dispatch import m_bucket
+from sparsekit.torch_backend.sparse24 import m_bucket
 
 
 def sparse24_matmul_ref(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None):

@@ -158,3 +158,14 @@ def unpack_bitmask(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
 def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype: decompress W, then one dense GEMM."""
     return F.linear(x, decompress_24(values, meta), bias)
+
+
+# The token-count bucket that every 2:4 matmul path keys its decisions on: the dispatch table
+# (cuda_backend/sparse24_dispatch), the launch plans (ops/sparse24_launch, nn) and the Triton kernel's
+# autotuning. It sits in this bottom layer so that all of them import it without climbing the layers.
+MAX_M_BUCKET = 512
+
+
+def m_bucket(m: int) -> int:
+    """The token-count bucket: the next power of two of M (1, 2, 4, ..., 256), MAX_M_BUCKET for everything above."""
+    return min(1 << (max(1, m) - 1).bit_length(), MAX_M_BUCKET)
