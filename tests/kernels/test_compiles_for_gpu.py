@@ -217,6 +217,47 @@ def test_kernel_list_is_current():
     assert found == listed, f"update the module docstring's kernel list to {found}"
 
 
+EXTRA_MODULE = '''
+import triton
+import triton.language as tl
+from sparsekit.triton_kernels.variants import Variant
+
+@triton.jit
+def _declared_kernel(out_ptr, BLOCK: tl.constexpr):
+    tl.store(out_ptr + tl.arange(0, BLOCK), 1.0)
+
+@triton.jit
+def _undeclared_kernel(out_ptr):
+    tl.store(out_ptr, 1.0)
+
+def compile_variants():
+    return [Variant(_declared_kernel, dict(out_ptr="*fp32"), dict(BLOCK=64)), Variant(_declared_kernel, {}, {})]
+'''
+
+PLAN_WITH_EXTRA = '''
+import sys
+from sparsekit import triton_kernels
+from tests.kernels import test_compiles_for_gpu as t
+triton_kernels.__path__.append(sys.argv[1])
+jobs, problems = t.plan()
+print("RESULT", [j for j in jobs if j[0] == "zz_extra"], problems)
+'''
+
+
+@needs_triton
+def test_a_kernel_without_variants_or_with_a_bad_one_is_reported(tmp_path):
+    pytest.importorskip("triton.backends.nvidia")
+    (tmp_path / "zz_extra.py").write_text(EXTRA_MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", PLAN_WITH_EXTRA, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "[('zz_extra', 0, 90), ('zz_extra', 0, 80)]" in out, out
+    assert "zz_extra._undeclared_kernel: no launch variants declared" in out, out
+    assert "zz_extra._declared_kernel [" in out and "arguments not given ['out_ptr', 'BLOCK']" in out, out
+
+
 @needs_triton
 def test_every_kernel_compiles_for_sm80_and_sm90a():
     result = _run("all", timeout=3600)
