@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="smollm2-135m", help="model alias or checkpoint (default smollm2-135m)")
     g.add_argument("--acc-methods", default=None, help=f"comma list (default {','.join(DEFAULT_METHODS)})")
     g.add_argument("--acc-configs", nargs="+", default=None,
-                   help="configurations method[+owl][:{json options}] (the pruner's fields, plus batch_size), e.g. "
+                   help="configurations method[+owl][:{json options}] (the pruner's fields, plus batch_size and permute), e.g. "
                         "wanda wanda+owl 'dsnot:{\"mode\":\"official\"}' 'besa:{\"granularity\":\"layer\"}'; "
                         "replaces --acc-methods")
     g.add_argument("--sparsities", default=None, help=f"comma list of fractions and N:M (default {','.join(DEFAULT_SPARSITIES)})")
@@ -88,6 +88,7 @@ def config_label(method: str, allocation: str | None, options: dict, settings: b
         row_method = rest.pop("row_method", "besa")
         name += "" if row_method == "besa" else f"+{NAMES.get(row_method, row_method)}"
     update = rest.pop("update", "none")  # the weight update after the mask: 'Wanda+ALPS', 'SparseGPT+ADMM'
+    name += "+permute" if rest.pop("permute", False) else ""  # N:M channel permutation (PruneConfig.permute)
     name += f"+{update.upper()}" if update != "none" else ""
     if allocation:
         name = f"{allocation.upper()}+{name}"
@@ -208,9 +209,10 @@ def run(ctx: RunContext, args) -> None:
             if method != "dense":
                 method_options = dict(options)
                 batch_size = method_options.pop("batch_size", 8)
+                permute = method_options.pop("permute", False)  # a PruneConfig field, not the pruner's
                 config = sparsekit.PruneConfig(method=method, sparsity=sparsity, pattern=label if sparsity is None else "unstructured",
                                                device=str(ctx.device), method_options=method_options, allocation=allocation,
-                                               batch_size=batch_size)
+                                               batch_size=batch_size, permute=permute)
                 start = time.perf_counter()
                 report = sparsekit.prune(model, calib, config)
                 derived.update(prune_seconds=time.perf_counter() - start, sparsity_reached=report.sparsity,

@@ -15,7 +15,7 @@ from typing import Iterable
 from torch import nn
 
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS, select_layers
-from sparsekit.nn.sparse_linear import SparseLinear24, why_not_24
+from sparsekit.nn.sparse_linear import INPUT_PERMUTATION_ATTR, SparseLinear24, why_not_24
 
 
 @dataclass
@@ -76,7 +76,7 @@ def sparsify(
     for view in select_layers(model, "", targets, ignore):
         if isinstance(view.module, SparseLinear24):
             continue
-        reason = why_not_24(view.module, view.name)
+        reason = why_not_24(view.module, view.name, getattr(view.module, INPUT_PERMUTATION_ATTR, None))
         if reason is None:
             tied = [n for n in owners.get(view.module.weight.data_ptr(), []) if n != f"{view.name}.weight"]
             if tied:
@@ -93,7 +93,8 @@ def sparsify(
             "Prune them with pattern '2:4', exclude them with ignore=[...], or pass skip_invalid=True to keep them dense"
         )
     for view in plan:
-        sparse = SparseLinear24.from_linear(view.module, name=view.name, backend=backend, checked=True)
+        sparse = SparseLinear24.from_linear(view.module, name=view.name, backend=backend, checked=True,
+                                            perm=getattr(view.module, INPUT_PERMUTATION_ATTR, None))
         report.dense_bytes += sparse.dense_bytes()
         report.compressed_bytes += sparse.compressed_bytes()
         set_submodule(model, view.name, sparse)

@@ -11,6 +11,10 @@ call checks only x's dtype, device and last dimension; anything unusual takes th
 which raises a clear error or handles it. Forward reads no tensor data on the host, so it runs under
 torch.compile (fullgraph, through the `sparsekit::sparse24_matmul` custom op) and inside CUDA graphs
 (make one eager call per batch size first: that builds the plan).
+
+Channel-permuted layers (pruned with an N:M permutation, see `sparsekit.ops.nm_permutation`) also hold
+`perm` (in,) int64: the compressed weight is W[:, perm] and forward computes y = x[..., perm] @ W[:, perm].T + b,
+the same y as the dense layer in its original order. The gather is an index_select before the 2:4 matmul.
 """
 from __future__ import annotations
 
@@ -20,12 +24,16 @@ from torch import nn
 from sparsekit import backend as _backend
 from sparsekit.cuda_backend.sparse24_dispatch import MAX_M_BUCKET, m_bucket
 from sparsekit.ops import sparse24_launch as _launch
+from sparsekit.ops.permutation import check_permutation
 from sparsekit.ops.sparse24 import (DTYPES, check_compressed, check_matmul_operands, check_shape_24, decompress_24,
                                     not_24_message)
 from sparsekit.torch_backend.sparse24 import kept_indices
 
 _BUCKET_OF = [0] + [m_bucket(m) for m in range(1, MAX_M_BUCKET + 1)]  # M -> bucket without arithmetic
 _OPERANDS = ("values", "meta", "bias")
+# attribute a pruning run with an N:M input permutation sets on a dense Linear (not in its state dict, so a
+# dense export is unaffected); `sparsekit.sparsify` compresses W[:, perm] and keeps perm in the SparseLinear24
+INPUT_PERMUTATION_ATTR = "sparsekit_input_perm"
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -38,8 +46,8 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
     return weight.t() if _is_conv1d(module) else weight
 
 
-def check_convertible(module: nn.Module, name: str) -> None:
-    """Raise (TypeError / ValueError naming the layer) unless `module` can become a SparseLinear24."""
+def check_convertible(module: nn.Module, name: str, perm: torch.Tensor | None = None) -> None:
+    """Raise (TypeError / ValueError naming the layer) unless `module` (its columns `perm`, if given) can become a SparseLinear24."""
     if not (isinstance(module, nn.Linear) or _is_conv1d(module)):
         raise TypeError(f"layer {name!r} is a {type(module).__name__}, not an nn.Linear (or transformers Conv1D)")
     weight = dense_weight(module)
@@ -50,15 +58,18 @@ def check_convertible(module: nn.Module, name: str) -> None:
     check_shape_24(*weight.shape, name=f"layer {name!r} weight")
     if not torch.isfinite(weight).all():
         raise ValueError(f"layer {name!r} weight contains NaN/Inf; the checkpoint is broken")
-    message = not_24_message(weight, name=f"layer {name!r} weight")
+    if perm is not None:
+        check_permutation(perm, weight.shape[1], name=f"layer {name!r} input permutation")
+        weight = weight[:, perm.to(weight.device)]
+    message = not_24_message(weight, name=f"layer {name!r} weight" + (" with its input permutation" if perm is not None else ""))
     if message:
         raise ValueError(message)
 
 
-def why_not_24(module: nn.Module, name: str) -> str | None:
-    """None if `module` can become a SparseLinear24, else the reason (naming the layer)."""
+def why_not_24(module: nn.Module, name: str, perm: torch.Tensor | None = None) -> str | None:
+    """None if `module` (its columns `perm`, if given) can become a SparseLinear24, else the reason (naming the layer)."""
     try:
-        check_convertible(module, name)
+        check_convertible(module, name, perm)
     except (TypeError, ValueError) as exc:
         return str(exc)
     return None
@@ -68,7 +79,7 @@ class SparseLinear24(nn.Module):
     """y = x @ W.T + b with W stored 2:4-compressed. Build it with `SparseLinear24.from_linear(linear)`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.bfloat16,
-                 device=None, transposed: bool = False, backend: str | None = None):
+                 device=None, transposed: bool = False, backend: str | None = None, permuted: bool = False):
         super().__init__()
         check_shape_24(out_features, in_features)
         if dtype not in DTYPES:
@@ -80,21 +91,27 @@ class SparseLinear24(nn.Module):
         self.register_buffer("values", torch.empty(out_features, in_features // 2, dtype=dtype, device=device))
         self.register_buffer("meta", torch.empty(out_features, in_features // 16, dtype=torch.int16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        self.register_buffer("perm", torch.empty(in_features, dtype=torch.int64, device=device) if permuted else None)
         self.register_load_state_dict_post_hook(_validate_after_load)
         self._revalidate(check_content=False)  # empty buffers: nothing to read yet
 
     @classmethod
     def from_linear(cls, linear: nn.Module, *, name: str | None = None, backend: str | None = None,
-                    checked: bool = False) -> "SparseLinear24":
+                    checked: bool = False, perm: torch.Tensor | None = None) -> "SparseLinear24":
         """Compress a 2:4-pruned nn.Linear (or transformers Conv1D); refuses any other weight, naming the layer.
 
+        perm: input permutation under which the weight is 2:4 (W[:, perm] is); forward gathers x by it.
         checked=True skips the checks when the caller has just run `check_convertible` on this layer.
         """
         if not checked:
-            check_convertible(linear, name or type(linear).__name__)
+            check_convertible(linear, name or type(linear).__name__, perm)
         weight = dense_weight(linear)
         module = cls(weight.shape[1], weight.shape[0], bias=linear.bias is not None, dtype=weight.dtype,
-                     device="meta", transposed=_is_conv1d(linear), backend=backend)
+                     device="meta", transposed=_is_conv1d(linear), backend=backend, permuted=perm is not None)
+        if perm is not None:
+            perm = perm.to(device=weight.device, dtype=torch.int64).clone()
+            weight = weight[:, perm]
+            module.perm = perm
         module.values, module.meta = _backend.call("compress_24", None, weight.device, weight)
         if linear.bias is not None:
             module.bias = linear.bias.detach().to(weight.dtype).clone()
@@ -113,7 +130,9 @@ class SparseLinear24(nn.Module):
         self.__dict__["_plans"] = {}
         self.__dict__["_operands"] = None
         self.__dict__["_refused"] = True
+        self.__dict__["_perm"] = None
         values, meta, bias = self._buffers["values"], self._buffers["meta"], self._buffers["bias"]
+        perm = self._buffers.get("perm")
         where = f"SparseLinear24(in_features={self.in_features}, out_features={self.out_features})"
         if values is None or meta is None:
             raise ValueError(f"{where} has no values/meta buffers; build it with SparseLinear24.from_linear")
@@ -127,6 +146,9 @@ class SparseLinear24(nn.Module):
         if bias is not None and (bias.shape != (n,) or bias.dtype != values.dtype or bias.device != values.device):
             raise ValueError(f"{where}: bias must be ({n},) {values.dtype} on {values.device}, got "
                              f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        if perm is not None and (perm.shape != (k,) or perm.dtype != torch.int64 or perm.device != values.device):
+            raise ValueError(f"{where}: perm must be ({k},) int64 on {values.device}, got "
+                             f"{tuple(perm.shape)} {perm.dtype} on {perm.device}")
         for name in _OPERANDS:  # compiled kernels are specialized on contiguous, 16-byte aligned operands
             t = self._buffers[name]
             if t is not None and not t.is_meta and (not t.is_contiguous() or t.data_ptr() % 16):
@@ -136,11 +158,17 @@ class SparseLinear24(nn.Module):
             if not bool((idx[..., 0] < idx[..., 1]).all()):
                 raise ValueError(f"{where}: meta is corrupt (some group stores the same column twice); it was not "
                                  "produced by sparsekit.ops.compress_24 for this weight")
+            if perm is not None and not perm.is_meta:
+                try:
+                    check_permutation(perm, k)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
         self.__dict__["_refused"] = False
         if not values.is_meta:
             self.__dict__["_operands"] = (self._buffers["values"], self._buffers["meta"], self._buffers["bias"])
             self.__dict__["_dtype"] = values.dtype
             self.__dict__["_device"] = values.device
+            self.__dict__["_perm"] = perm
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -149,7 +177,7 @@ class SparseLinear24(nn.Module):
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
-        if (name in _OPERANDS or name == "backend") and "_plans" in self.__dict__:
+        if (name in _OPERANDS or name in ("backend", "perm")) and "_plans" in self.__dict__:
             self.__dict__["_plans"] = {}
             self.__dict__["_operands"] = None  # revalidated on the next call (values and meta change in turn)
 
@@ -161,6 +189,8 @@ class SparseLinear24(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
+            if self.perm is not None:
+                x = x.index_select(-1, self.perm)
             return _launch.linear(x, self.values, self.meta, self.bias, self.backend)
         k = self.in_features
         if self._operands is None or x.dtype is not self._dtype or x.device != self._device or x.ndim == 0 \
@@ -170,6 +200,8 @@ class SparseLinear24(nn.Module):
         plan = self._plans.get(_BUCKET_OF[m] if m <= MAX_M_BUCKET else MAX_M_BUCKET) if m else None
         if plan is None:
             return self._checked_forward(x)
+        if self._perm is not None:
+            x = x.index_select(-1, self._perm)
         return plan(x, *self._operands)
 
     def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,6 +213,8 @@ class SparseLinear24(nn.Module):
                                  "weights (load_state_dict(..., assign=True) or to_empty + load_state_dict) first")
         values, meta, bias = self._operands
         n, k = check_matmul_operands(x, values, meta, bias)
+        if self._perm is not None:
+            x = x.index_select(-1, self._perm)
         x2d = x.reshape(-1, k)
         m = x2d.shape[0]
         if m == 0:
@@ -195,8 +229,13 @@ class SparseLinear24(nn.Module):
         return plan(x, values, meta, bias)
 
     def dense_weight(self) -> torch.Tensor:
-        """The (out, in) dense weight with zeros."""
-        return decompress_24(self.values, self.meta)
+        """The (out, in) dense weight with zeros, in the original input order (un-permuted)."""
+        weight = decompress_24(self.values, self.meta)
+        if self.perm is None:
+            return weight
+        dense = torch.empty_like(weight)
+        dense[:, self.perm] = weight
+        return dense
 
     def to_dense(self) -> nn.Module:
         """An equivalent dense nn.Linear (or Conv1D, if built from one) holding the weight with zeros."""
@@ -223,7 +262,7 @@ class SparseLinear24(nn.Module):
         return self.in_features * self.out_features * self.values.element_size()
 
     def extra_repr(self) -> str:
-        backend = f", backend={self.backend}" if self.backend else ""
+        backend = (f", backend={self.backend}" if self.backend else "") + (", input-permuted" if self.perm is not None else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={self.values.dtype}, 2:4 compressed ({self.compressed_bytes() / self.dense_bytes():.4f}x dense){backend}")
 

@@ -28,6 +28,9 @@ class PruneConfig:
     allocation:  None (every layer at `sparsity`) or "owl": spread the overall sparsity over blocks
                  from a dense pass first (sparsekit.allocation; unstructured only)
     allocation_options: the allocation's options (owl: {"m": 5.0, "lam": 0.08})
+    permute:     N:M only: choose each mask along an input-channel permutation (RIA's reallocation + LSA,
+                 one per group of layers reading the same input); weights stay in their order, the 2:4
+                 layers made by `sparsify` carry the permutation (sparsekit.ops.nm_permutation)
     """
 
     method: str = "wanda"
@@ -45,6 +48,7 @@ class PruneConfig:
     checkpoint_dir: str | None = None
     allocation: str | None = None
     allocation_options: dict = field(default_factory=dict)
+    permute: bool = False
 
     def __post_init__(self):
         self.n, self.m = parse_pattern(self.pattern)
@@ -74,6 +78,11 @@ class PruneConfig:
                         f"{self.n / self.m:.4g}; drop --sparsity or set it to {self.n / self.m:.4g}"
                     )
         check_allocation(self)
+        if self.permute and not self.m:
+            raise ValueError("permute chooses N:M groups along permuted input channels; it needs an N:M pattern such as '2:4'")
+        if self.permute and self.checkpoint_dir:
+            raise ValueError("permute keeps each layer's permutation in memory only (a resumed run would lose it); "
+                             "drop checkpoint_dir (--checkpoint-dir) or permute")
 
     def layer_sparsity(self, name: str) -> float:
         if self.sparsity is None:

@@ -19,6 +19,7 @@ from sparsekit import backend as _backend
 from sparsekit.allocation import allocate_sparsity
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
+from sparsekit.nn.sparse_linear import INPUT_PERMUTATION_ATTR
 from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import capture_inputs
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
@@ -69,6 +70,9 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
     pruner = make_pruner(config.method, **config.method_options)
     if distributed.world()[1] > 1 and not pruner.supports_distributed:
         raise ValueError(f"method {config.method!r} does not support several processes; run it in one process")
+    if config.permute and not pruner.permutable:
+        raise ValueError(f"method {config.method!r} does not choose its mask from a per-layer score, so permute does not "
+                         "apply to it; use permute with wanda or magnitude")
     block_path, blocks = find_blocks(model, config.blocks)
     check_layer_selection(model, config.targets, config.ignore, n=config.n, m=config.m, blocks_path=config.blocks)
     device = torch.device(config.device) if config.device else model_device(model)
@@ -113,13 +117,15 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
         targets = {v.name: LayerTarget(config.layer_sparsity(v.name), config.n, config.m) for v in layers}
         placement.onload(index, block)
         try:
-            ctx = BlockContext(block, index, layers, targets, inputs, device, timer, config.backend)
+            ctx = BlockContext(block, index, layers, targets, inputs, device, timer, config.backend, permute=config.permute)
             results = pruner.prune_block(ctx)
             for view in layers:
                 result = results[view.name]
                 if result.weight is not None:
                     view.set_weight(result.weight)
                 view.apply_mask(result.keep)
+                if result.perm is not None:  # read by sparsekit.sparsify; not in the state dict (dense export unchanged)
+                    setattr(view.module, INPUT_PERMUTATION_ATTR, result.perm.cpu())
                 reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
                 report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds,
                                                  row_sparsity_spread(result.keep)))

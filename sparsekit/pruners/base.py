@@ -9,6 +9,10 @@ Every method that prunes layer by layer also takes `update` ("none" | "alps" | "
 mask, the kept weights are set to minimise the layer's output error on the calibration inputs
 (sparsekit.ops.reconstruct, from the dense weights; "alps" starts its CG from the method's own
 weights when it changes them, e.g. SparseGPT's).
+
+With `ctx.permute` (N:M only, methods defined by a score: `score_layer`), each group of layers reading the
+same input (q/k/v, gate/up) gets one input-channel permutation maximising the sum of their kept scores
+(sparsekit.ops.nm_permutation) and an N:M mask along the permuted columns, in the original order.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class LayerResult:
     keep: torch.Tensor
     weight: torch.Tensor | None = None  # replacement weight (out, in) when the method updates weights
     seconds: float = 0.0
+    perm: torch.Tensor | None = None  # input permutation under which `keep` is N:M (channel permutation)
 
 
 @dataclass
@@ -58,6 +63,8 @@ class BlockContext:
     timer: PhaseTimer
     backend: str | None = None
     extra: dict = field(default_factory=dict)
+    permute: bool = False  # N:M channel permutation, see the module docstring
+    input_groups: dict[str, int] = field(default_factory=dict)  # layer -> id shared by layers reading one input
 
     @torch.no_grad()
     def forward(self, hooks: dict[nn.Module, callable] | None = None, store=None) -> None:
@@ -90,7 +97,8 @@ class BlockContext:
                 x = args[0]
                 if latest["x"] is not x:
                     check_finite(x, f"layer {view.name}")
-                    latest.update(x=x, measured={})
+                    latest.update(x=x, measured={}, group=latest.get("group", -1) + 1)
+                self.input_groups[view.name] = latest["group"]
                 x = x.detach()
                 entry = stats[view.name]
                 for kind, acc in (("activations", entry.activations), ("hessian", entry.hessian)):
@@ -141,6 +149,32 @@ class Pruner:
     def prune_layer(self, layer: LayerView, stats: LayerStats, target: LayerTarget, backend: str | None) -> LayerResult:
         raise NotImplementedError
 
+    def score_layer(self, layer: LayerView, stats: LayerStats, backend: str | None) -> torch.Tensor:
+        """The importance score (out, in) this method's N:M mask keeps the largest of (methods defined by a score)."""
+        raise NotImplementedError
+
+    @property
+    def permutable(self) -> bool:
+        """Whether channel permutation applies: the mask is an N:M selection of `score_layer`, chosen layer by layer."""
+        return type(self).score_layer is not Pruner.score_layer and type(self).prune_block is Pruner.prune_block
+
+    def permutations(self, ctx: BlockContext, stats: dict[str, LayerStats]) -> dict[str, torch.Tensor]:
+        """layer -> input permutation: one per group of N:M layers reading the same input, from their stacked scores."""
+        from sparsekit import ops
+
+        groups: dict[tuple, list[LayerView]] = {}
+        for view in ctx.layers:
+            target = ctx.targets[view.name]
+            if target.m:
+                groups.setdefault((ctx.input_groups.get(view.name, view.name), target.n, target.m), []).append(view)
+        perms = {}
+        for (_, n, m), views in groups.items():
+            # rows stacked: the kept score of the stack is the sum of the layers' kept scores
+            score = torch.cat([self.score_layer(v, stats[v.name], ctx.backend) for v in views])
+            perm = ops.nm_permutation(score, n, m, backend=ctx.backend)
+            perms.update({v.name: perm for v in views})
+        return perms
+
     def check_update(self) -> None:
         """Raise when `update` is not one of UPDATES or this method cannot take one."""
         if self.update not in UPDATES:
@@ -167,15 +201,29 @@ class Pruner:
     def prune_block(self, ctx: BlockContext) -> dict[str, LayerResult]:
         self.check_update()
         update = self.update != "none"
-        stats = ctx.collect_stats(self.needs_activations, self.needs_hessian or update)
+        # the permutation needs the activation pass also to find which layers read the same input
+        stats = ctx.collect_stats(self.needs_activations or ctx.permute, self.needs_hessian or update)
+        perms = {}
+        if ctx.permute:
+            with ctx.timer("permutation"):
+                perms = self.permutations(ctx, stats)
         results = {}
         for view in ctx.layers:
             before = ctx.timer.seconds["masks"] + ctx.timer.seconds.get("update", 0.0)
             with ctx.timer("masks"):
-                result = self.prune_layer(view, stats[view.name], ctx.targets[view.name], ctx.backend)
+                if view.name in perms:
+                    from sparsekit import ops
+
+                    target = ctx.targets[view.name]
+                    score = self.score_layer(view, stats[view.name], ctx.backend)
+                    result = LayerResult(ops.permuted_nm_mask(score, perms[view.name], target.n, target.m,
+                                                              backend=ctx.backend), perm=perms[view.name])
+                else:
+                    result = self.prune_layer(view, stats[view.name], ctx.targets[view.name], ctx.backend)
             if update:
                 with ctx.timer("update"):
                     result = self.updated(view, stats[view.name], result)
+                result.perm = perms.get(view.name)
             result.seconds = ctx.timer.seconds["masks"] + ctx.timer.seconds.get("update", 0.0) - before
             results[view.name] = result
             stats[view.name] = None  # free Hessians as soon as they are used

@@ -16,3 +16,6 @@ class MagnitudePruner(Pruner):
         scope = "row" if target.m else self.scope
         sparsity = None if target.m else target.sparsity
         return LayerResult(ops.select_mask(score, sparsity, target.n, target.m, scope=scope, backend=backend))
+
+    def score_layer(self, layer, stats, backend):
+        return ops.magnitude_score(layer.weight)

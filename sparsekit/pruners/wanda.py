@@ -15,3 +15,6 @@ class WandaPruner(Pruner):
         keep = ops.wanda_mask(layer.weight, stats.activations.sq_norm.to(layer.weight.device), sparsity,
                               target.n, target.m, backend=backend)
         return LayerResult(keep)
+
+    def score_layer(self, layer, stats, backend):
+        return ops.wanda_score(layer.weight, stats.activations.sq_norm.to(layer.weight.device), backend=backend)
