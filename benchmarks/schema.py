@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from sparsekit._io import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
 STATUSES = ("ok", "skipped", "error")
@@ -195,26 +197,8 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + rename; keeps the old file's permissions (0644 for a new file)."""
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_rows(path: Path, rows: Iterable[BenchRow]) -> None:
-    write_text_atomic(path, "".join(row.to_json() + "\n" for row in rows))
+    atomic_write_text(path, "".join(row.to_json() + "\n" for row in rows))
 
 
 def upsert_rows(path, rows: Iterable[BenchRow]) -> Path:

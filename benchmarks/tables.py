@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.schema import DEFAULT_RESULTS, BenchRow, latest, load_rows, write_text_atomic
+from benchmarks.schema import DEFAULT_RESULTS, BenchRow, latest, load_rows
+from sparsekit._io import atomic_write_text
 
 MARKER = re.compile(r"<!-- bench:(?P<name>[\w-]+)(?P<opts>[^>]*?)-->(?P<body>.*?)<!-- /bench:(?P=name) -->", re.S)
 DEFAULT_MS = (1, 16, 64, 256, 4096)
@@ -363,6 +364,6 @@ def main_args(args) -> int:
             return 1
         return 0
     if new != old:
-        write_text_atomic(path, new)
+        atomic_write_text(path, new)
     print(f"{path}: {len(MARKER.findall(new))} table(s) regenerated")
     return 0

@@ -10,7 +10,7 @@ The functional ops (masks, scores, SparseGPT, DSnoT, 2:4 kernels) live in `spars
 """
 import importlib
 
-__version__ = "0.1.0"
+from sparsekit._version import __version__  # noqa: F401  (in _version.py so that lower layers can read it)
 
 _LAZY = {
     "PruneConfig": "sparsekit.pipeline.config",

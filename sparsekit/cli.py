@@ -233,7 +233,8 @@ def _protected(args) -> dict:
 
 @subcommand("prune")
 def cmd_prune(args) -> dict:
-    from sparsekit.preflight import check_finite_perplexity, check_prune_args, check_seqlen
+    from sparsekit.cli_preflight import check_prune_args
+    from sparsekit.preflight import check_finite_perplexity, check_seqlen
     from sparsekit.data.text import calibration_ids
     from sparsekit.hf.loading import load_model, resolve_checkpoint
     from sparsekit.hf.saving import save_pruned
@@ -378,7 +379,8 @@ def _summary_table(summary: dict) -> str:
 def cmd_eval(args) -> dict:
     from sparsekit.hf.loading import load_model
 
-    from sparsekit.preflight import check_eval_args, check_finite_perplexity, check_seqlen
+    from sparsekit.cli_preflight import check_eval_args
+    from sparsekit.preflight import check_finite_perplexity, check_seqlen
 
     if args.no_ppl and not args.zeroshot:
         raise ValueError("--no-ppl leaves nothing to evaluate; add --zeroshot TASKS")
@@ -411,7 +413,8 @@ def cmd_sparsify(args) -> dict:
     from sparsekit.hf.loading import load_model
 
     from sparsekit._io import check_output_dir
-    from sparsekit.preflight import check_eval_args, check_regexes
+    from sparsekit.cli_preflight import check_eval_args
+    from sparsekit.preflight import check_regexes
 
     check_eval_args(args)
     check_regexes(args.targets, "--targets")

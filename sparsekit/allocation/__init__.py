@@ -4,14 +4,12 @@
 sparsity into a per-layer mapping (OWL: from the dense model's outlier ratios) that the chosen
 method then reaches layer by layer. (BESA learns its allocation inside each block: method "besa".)
 Modules are imported lazily so that the pipeline and pruners can import this package freely.
+The functions below take the run's `PruneConfig` (sparsekit.pipeline.config) but never import it: the
+config sits above this package and calls `check_allocation` itself (architecture.md §1 layers).
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sparsekit.pipeline.config import PruneConfig
 
 # name -> module exposing OPTIONS (dataclass of the allocation's options) and allocate(...)
 ALLOCATIONS = {"owl": "sparsekit.allocation.owl"}
@@ -21,7 +19,7 @@ def _module(name: str):
     return importlib.import_module(ALLOCATIONS[name])
 
 
-def check_allocation(config: "PruneConfig") -> None:
+def check_allocation(config) -> None:
     """Validate config.allocation and config.allocation_options (PruneConfig calls this)."""
     if config.allocation is None:
         if config.allocation_options:
@@ -42,7 +40,7 @@ def check_allocation(config: "PruneConfig") -> None:
     _module(config.allocation).OPTIONS(**config.allocation_options)
 
 
-def allocate_sparsity(config: "PruneConfig", blocks, block_path: str, inputs, device, placement) -> "PruneConfig":
+def allocate_sparsity(config, blocks, block_path: str, inputs, device, placement):
     """Run the allocation's pass over the dense blocks; return a copy of `config` whose sparsity is
     the per-layer mapping {layer name: sparsity} (unchanged when config.allocation is None).
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from sparsekit.nn.conv1d import is_linear_like
+
 
 def _param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -29,7 +31,7 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         kinds = {type(child).__name__ for child in module}
-        if len(kinds) != 1 or not any(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" for m in module[0].modules()):
+        if len(kinds) != 1 or not any(is_linear_like(m) for m in module[0].modules()):
             continue
         candidates.append((kinds <= no_split, _param_count(module), name, module))
     if not candidates:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparsekit import __version__
+from sparsekit._version import __version__
 from sparsekit._io import output_dir
 from sparsekit.hf.saving import protected_inputs
 from sparsekit.hf import compressed_tensors as ct

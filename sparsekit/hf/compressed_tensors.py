@@ -15,6 +15,7 @@ from torch import nn
 
 from sparsekit.hf.sparsify import set_submodule
 from sparsekit.hf.safetensors_io import assign, dedup, read_json, read_state, skeleton
+from sparsekit.nn.conv1d import is_conv1d
 from sparsekit.nn.sparse_linear import SparseLinear24, why_not_24
 from sparsekit.ops.sparse24 import bitmask_to_dense, decompress_24, to_bitmask_24
 
@@ -134,7 +135,7 @@ def load(path: Path, qconfig: dict, dtype, backend, trust_remote_code) -> tuple[
         if isinstance(module, nn.Linear) and why_not_24(probe, name) is None:
             set_submodule(model, name, SparseLinear24.from_linear(probe, name=name, backend=backend, checked=True))
         else:
-            state[f"{name}.weight"] = dense.t().contiguous() if type(module).__name__ == "Conv1D" else dense
+            state[f"{name}.weight"] = dense.t().contiguous() if is_conv1d(module) else dense
             kept_dense.append(name)
     assign(model, state, {}, path)
     return model, kept_dense

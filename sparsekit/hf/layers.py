@@ -13,16 +13,14 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from sparsekit.nn.conv1d import is_conv1d, is_linear_like, weight_out_in
+
 DEFAULT_TARGETS = ("Linear", "Conv1D")
 DEFAULT_IGNORE = ("re:.*lm_head",)
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
 def is_prunable(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+    return is_linear_like(module)
 
 
 @dataclass
@@ -34,12 +32,11 @@ class LayerView:
 
     @property
     def transposed(self) -> bool:
-        return _is_conv1d(self.module)
+        return is_conv1d(self.module)
 
     @property
     def weight(self) -> torch.Tensor:
-        w = self.module.weight.data
-        return w.t() if self.transposed else w
+        return weight_out_in(self.module)
 
     @property
     def in_features(self) -> int:

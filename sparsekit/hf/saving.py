@@ -11,9 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from sparsekit import __version__
+from sparsekit._version import __version__
 from sparsekit._io import atomic_write_json, output_dir
-from sparsekit.pipeline.report import PruneReport
 
 
 def protected_inputs(model=None, checkpoint_dir=None, **more) -> dict:
@@ -28,10 +27,12 @@ def protected_inputs(model=None, checkpoint_dir=None, **more) -> dict:
     return paths
 
 
-def save_pruned(model, tokenizer, out_dir, report: PruneReport | None = None, extra: dict | None = None,
+def save_pruned(model, tokenizer, out_dir, report=None, extra: dict | None = None,
                 checkpoint_dir=None, *, overwrite: bool = False, protect: dict | None = None) -> Path:
     """Write the pruned model; a disk-offloaded model (blocks on meta) is assembled from the run's
     `checkpoint_dir`, one safetensors shard per block, without ever holding it in memory.
+    `report` is the run's sparsekit.pipeline.report.PruneReport (its method, pattern, sparsity and
+    per-layer sparsities go into sparsekit.json); hf sits below the pipeline, so it is not imported here.
 
     `out_dir` may be new, empty or a previous sparsekit output; anything else is refused unless
     overwrite=True, and a directory holding the model, the checkpoint or the working directory

@@ -23,6 +23,7 @@ from torch import nn
 
 from sparsekit import backend as _backend
 from sparsekit.cuda_backend.sparse24_dispatch import MAX_M_BUCKET, m_bucket
+from sparsekit.nn.conv1d import is_conv1d as _is_conv1d, weight_out_in as dense_weight
 from sparsekit.ops import sparse24_launch as _launch
 from sparsekit.ops.permutation import check_permutation
 from sparsekit.ops.sparse24 import (DTYPES, check_compressed, check_matmul_operands, check_shape_24, decompress_24,
@@ -34,16 +35,6 @@ _OPERANDS = ("values", "meta", "bias")
 # attribute a pruning run with an N:M input permutation sets on a dense Linear (not in its state dict, so a
 # dense export is unaffected); `sparsekit.sparsify` compresses W[:, perm] and keeps perm in the SparseLinear24
 INPUT_PERMUTATION_ATTR = "sparsekit_input_perm"
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
-def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The (out, in) weight of an nn.Linear or a transformers Conv1D (stored (in, out))."""
-    weight = module.weight.detach()
-    return weight.t() if _is_conv1d(module) else weight
 
 
 def check_convertible(module: nn.Module, name: str, perm: torch.Tensor | None = None) -> None:

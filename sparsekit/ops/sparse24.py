@@ -16,33 +16,8 @@ import torch
 
 from sparsekit import backend as _backend
 from sparsekit.ops import sparse24_launch as _launch
+from sparsekit.ops.sparse24_checks import DTYPES, check_compressed, check_float, check_matmul_operands, check_shape_24  # noqa: F401 (public here)
 from sparsekit.torch_backend import sparse24 as _ref
-
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-ROW_MULTIPLE = 32   # N: one CUTLASS meta tile covers 32 rows
-COL_MULTIPLE = 64   # K: torch's semi-structured minimum for 16-bit types
-
-
-def _check_float(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32 for 2:4, got {t.dtype}; cast it with .to(torch.bfloat16)")
-
-
-def check_shape_24(rows: int, cols: int, name: str = "weight") -> None:
-    """N % 32 == 0 and K % 64 == 0, or an error telling how much to pad."""
-    bad = []
-    if rows % ROW_MULTIPLE:
-        bad.append(f"out_features N={rows} is not a multiple of {ROW_MULTIPLE} (pad {-rows % ROW_MULTIPLE} zero rows)")
-    if cols % COL_MULTIPLE:
-        bad.append(f"in_features K={cols} is not a multiple of {COL_MULTIPLE} (pad {-cols % COL_MULTIPLE} zero columns)")
-    if bad:
-        raise ValueError(
-            f"{name} of shape ({rows}, {cols}) does not fit the 2:4 CUTLASS layout: " + "; ".join(bad) + ". "
-            "Pad with torch.nn.functional.pad(weight, (0, pad_cols, 0, pad_rows)), pad x's last dim with zeros "
-            "the same way and slice the extra output columns off, or keep this layer dense"
-        )
 
 
 def not_24_message(weight: torch.Tensor, name: str = "weight") -> str | None:
@@ -62,7 +37,7 @@ def not_24_message(weight: torch.Tensor, name: str = "weight") -> str | None:
 
 def compress_24(weight: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values (N, K/2), meta int16 (N, K/16)) of a 2:4-sparse weight (N, K) = (out, in)."""
-    _check_float(weight, "weight")
+    check_float(weight, "weight")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     check_shape_24(*weight.shape)
@@ -72,24 +47,6 @@ def compress_24(weight: torch.Tensor, *, backend: str | None = None) -> tuple[to
     if message:
         raise ValueError(message)
     return _backend.call("compress_24", backend, weight.device, weight)
-
-
-def check_compressed(values: torch.Tensor, meta: torch.Tensor) -> tuple[int, int]:
-    """Validate a (values, meta) pair; returns the dense (N, K)."""
-    _check_float(values, "values")
-    if not isinstance(meta, torch.Tensor):
-        raise TypeError(f"meta must be a torch.Tensor, got {type(meta).__name__}")
-    if values.dim() != 2:
-        raise ValueError(f"values must be 2-D (N, K/2), got shape {tuple(values.shape)}")
-    if meta.dtype != torch.int16:
-        raise TypeError(f"meta must be int16 (torch's CUTLASS layout for 16-bit values), got {meta.dtype}; build it with compress_24")
-    n, k = values.shape[0], values.shape[1] * 2
-    if tuple(meta.shape) != (n, k // 16):
-        raise ValueError(f"meta must have shape (N, K/16) = ({n}, {k // 16}) for values of shape {tuple(values.shape)}, got {tuple(meta.shape)}")
-    if meta.device != values.device:
-        raise ValueError(f"values is on {values.device} but meta is on {meta.device}; move both with .to(device)")
-    check_shape_24(n, k, name="the dense weight")
-    return n, k
 
 
 def decompress_24(values: torch.Tensor, meta: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
@@ -123,7 +80,7 @@ def bitmask_to_dense(compressed: torch.Tensor, bitmask: torch.Tensor, shape) -> 
         raise TypeError(f"bitmask must be a uint8 tensor (numpy.packbits little-endian), got {getattr(bitmask, 'dtype', type(bitmask).__name__)}")
     if tuple(bitmask.shape) != (rows, -(-cols // 8)):
         raise ValueError(f"bitmask must have shape (rows, ceil(cols/8)) = ({rows}, {-(-cols // 8)}) for shape {shape}, got {tuple(bitmask.shape)}")
-    _check_float(compressed, "compressed")
+    check_float(compressed, "compressed")
     mask = _ref.unpack_bitmask(bitmask, cols)
     kept = int(mask.sum())
     if kept != compressed.numel():
@@ -136,24 +93,6 @@ def bitmask_to_dense(compressed: torch.Tensor, bitmask: torch.Tensor, shape) -> 
 def from_bitmask_24(compressed: torch.Tensor, bitmask: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, meta) from a compressed-tensors `sparse-24-bitmask` triple (refuses masks that are not 2:4)."""
     return compress_24(bitmask_to_dense(compressed, bitmask, shape))
-
-
-def check_matmul_operands(x, values, meta, bias) -> tuple[int, int]:
-    """Validate sparse24_matmul's operands without touching their data (no host sync); returns (N, K)."""
-    n, k = check_compressed(values, meta)
-    _check_float(x, "x")
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"x must have shape (..., K) with K={k} (in_features of the weight), got {tuple(x.shape)}")
-    if x.dtype != values.dtype:
-        raise TypeError(f"x is {x.dtype} but the weight values are {values.dtype}; cast x with .to({values.dtype})")
-    if x.device != values.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {values.device}; move them to one device")
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != n:
-            raise ValueError(f"bias must be a 1-D tensor of {n} entries (out_features), got {getattr(bias, 'shape', type(bias).__name__)}")
-        if bias.dtype != x.dtype or bias.device != x.device:
-            raise TypeError(f"bias must match x ({x.dtype} on {x.device}), got {bias.dtype} on {bias.device}")
-    return n, k
 
 
 def sparse24_matmul(

@@ -22,7 +22,7 @@ import torch
 
 from sparsekit import backend as _backend
 from sparsekit.cuda_backend.sparse24_dispatch import m_bucket
-from sparsekit.ops import sparse24 as _sparse24
+from sparsekit.ops.sparse24_checks import check_matmul_operands
 
 OP = "sparse24_matmul"
 
@@ -87,7 +87,7 @@ def standard_operands(values, meta, bias) -> bool:
 def run(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
         backend: str | None = None) -> torch.Tensor:
     """x2d (M, K) @ W.T (+ bias) through the shared plan; the operands' metadata is checked (no host sync)."""
-    n, _ = _sparse24.check_matmul_operands(x2d, values, meta, bias)
+    n, _ = check_matmul_operands(x2d, values, meta, bias)
     if x2d.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K) here, got shape {tuple(x2d.shape)}")
     if x2d.shape[0] == 0:
