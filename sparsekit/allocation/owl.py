@@ -23,9 +23,9 @@ import torch
 from sparsekit import ops
 from sparsekit.allocation.budget import apportion, budget_count, exact_fraction
 from sparsekit.hf.layers import select_layers
+from sparsekit.pipeline.block import BlockContext
 from sparsekit.pipeline.capture import BlockInputs
 from sparsekit.pipeline.report import PhaseTimer
-from sparsekit.pruners.base import BlockContext
 
 log = logging.getLogger(__name__)
 
