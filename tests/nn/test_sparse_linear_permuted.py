@@ -136,3 +136,28 @@ def test_gpt2_conv1d_layers_permuted():
     sparsekit.sparsify(model)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_prune_permute_saves_compressed(tmp_path):
+    import json
+
+    from sparsekit.cli import main
+    from sparsekit.hf.sparsify import to_dense
+    from tests.helpers import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(" ".join(f"The river {i} flows past the old mill." for i in range(300)))
+    rc = main(["prune", "--model", str(tmp_path / "model"), "--method", "wanda", "--pattern", "2:4", "--permute",
+               "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--calib", str(tmp_path / "calib.txt"),
+               "--save", str(tmp_path / "out"), "--save-format", "sparsekit", "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["permute"] is True and summary["compressed"]["sparse_layers"] == 14
+    model, _ = sparsekit.load_model(str(tmp_path / "out"))
+    layer = model.model.layers[1].mlp.down_proj
+    assert isinstance(layer, SparseLinear24) and not torch.equal(layer.perm, torch.arange(layer.in_features))
+    ids = torch.tensor([[5, 17, 99, 3, 42, 200, 7, 64]])
+    with torch.no_grad():
+        sparse_logits = model(ids).logits
+        dense_logits = to_dense(model)(ids).logits  # weights with zeros, in the original order
+    torch.testing.assert_close(sparse_logits, dense_logits, rtol=1e-5, atol=1e-5)
