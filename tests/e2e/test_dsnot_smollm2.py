@@ -8,7 +8,7 @@ from sparsekit.cli import main
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["prune", "--model", "smollm2-135m", "--dtype", "bfloat16", "--device", "cpu", "--sparsity", "0.6",
+COMMON = ["prune", "--model", "smollm2-135m", "--dtype", "float32", "--device", "cpu", "--sparsity", "0.6",
           "--nsamples", "8", "--seqlen", "128", "--eval", "--skip-dense-eval", "--eval-seqlen", "256", "--eval-windows", "8"]
 
 
