@@ -71,7 +71,7 @@ setup(
         "prodigyopt",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "matplotlib", "lm-eval>=0.4.9.2"],  # lm-eval: tests/eval/test_lm_eval_parity.py
+        "test": ["pytest", "hypothesis", "matplotlib", "ruff", "lm-eval>=0.4.9.2"],  # lm-eval: tests/eval/test_lm_eval_parity.py
         "bench": ["matplotlib"],
         "eval": ["lm-eval"],
     },

@@ -359,7 +359,8 @@ def test_decisions_are_per_m_bucket():
 
 def test_ranking_at_measured_points_and_between():
     table = fake_table()
-    rank = lambda m, n=4096, k=4096, dtype="bfloat16": sparse24_dispatch.rank_providers(table, DEVICE_NAME, dtype, m, n, k)
+    def rank(m, n=4096, k=4096, dtype="bfloat16"):
+        return sparse24_dispatch.rank_providers(table, DEVICE_NAME, dtype, m, n, k)
     assert rank(1)[0] == "triton" and "dense_ref" not in rank(1)
     assert rank(64) == ["triton", "cublas", "cuda"]  # cusparselt is measured but never a candidate
     assert rank(256)[0] == "cublas"
@@ -377,9 +378,11 @@ def test_ranking_at_measured_points_and_between():
 
 def test_select_falls_back_to_available_and_never_without_cublas():
     table = fake_table()
-    every = lambda name: True
+    def every(name):
+        return True
     assert sparse24_dispatch.select(table, DEVICE_NAME, torch.bfloat16, 4096, 4096, 4096, every) == "cuda"
-    no_ext = lambda name: name != "cuda"
+    def no_ext(name):
+        return name != "cuda"
     assert sparse24_dispatch.select(table, DEVICE_NAME, torch.bfloat16, 4096, 4096, 4096, no_ext) == "cublas"
     # float32 never goes to the 16-bit-only providers
     assert sparse24_dispatch.select(table, "Other GPU", torch.float32, 4096, 4096, 4096, every) == "cublas"

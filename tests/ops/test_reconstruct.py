@@ -278,7 +278,7 @@ class ALPS_prune:
         n, m = B.shape
 
         if M_bmm is None:
-            M_bmm = lambda x: x
+            M_bmm = lambda x: x  # noqa: E731  (literal port of ALPS)
         if X0 is None:
             X0 = M_bmm(B)
         if maxiter is None:

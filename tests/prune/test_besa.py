@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import sparsekit
-from sparsekit import PruneConfig, ops
+from sparsekit import PruneConfig
 from sparsekit.allocation.budget import apportion, budget_count, project_row_counts
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers

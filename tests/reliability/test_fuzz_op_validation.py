@@ -2,7 +2,6 @@
 refused with ValueError/TypeError naming the problem, never another exception or a wrong result."""
 import math
 
-import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

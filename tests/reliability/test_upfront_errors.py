@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import sparsekit
 from sparsekit.cli import main
-from tests.helpers import byte_tokenizer, save_tiny_checkpoint, tiny_gpt2, tiny_llama
+from tests.helpers import byte_tokenizer, save_tiny_checkpoint, tiny_llama
 from tests.reliability.conftest import prune_args
 
 
