@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sparsekit.hf.sparsify import set_submodule
-from sparsekit.hf.safetensors_io import assign, dedup, read_json, read_state, skeleton
+from sparsekit.hf.safetensors_io import assign, dedup, parse_dtype, read_json, read_state, skeleton
 from sparsekit.nn.conv1d import is_conv1d
 from sparsekit.nn.sparse_linear import SparseLinear24, why_not_24
 from sparsekit.ops.sparse24 import bitmask_to_dense, decompress_24, to_bitmask_24
@@ -106,7 +106,10 @@ def load(path: Path, qconfig: dict, dtype, backend, trust_remote_code) -> tuple[
                                   "only sparsity-only checkpoints (sparse-24-bitmask, sparse-24)")
     fmt = qconfig["sparsity_config"]["format"]
     model = skeleton(path, trust_remote_code)
-    state = read_state(path, dtype)
+    # read as stored: torch's CUTLASS packing of "sparse-24" depends on the stored 16-bit dtype, so the
+    # requested dtype is applied after decompression
+    state = read_state(path, None)
+    target = parse_dtype(dtype)
     if fmt == "sparse-24-bitmask":
         suffixes, parts = BITMASK_KEYS, lambda p: (bitmask_to_dense(p["compressed"], p["bitmask"], p["shape"]),)
     else:  # "sparse-24": torch CUTLASS (packed, meta) per weight; fp32 there is torch's 1:2 layout, not ours
@@ -125,6 +128,7 @@ def load(path: Path, qconfig: dict, dtype, backend, trust_remote_code) -> tuple[
         name = prefix.removesuffix(".weight")
         (dense,) = parts(tensors)
         _check_24(dense, name, path)
+        dense = dense if target is None else dense.to(target)
         try:
             module = model.get_submodule(name)
         except AttributeError:
@@ -137,5 +141,7 @@ def load(path: Path, qconfig: dict, dtype, backend, trust_remote_code) -> tuple[
         else:
             state[f"{name}.weight"] = dense.t().contiguous() if is_conv1d(module) else dense
             kept_dense.append(name)
+    if target is not None:
+        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
     assign(model, state, {}, path)
     return model, kept_dense

@@ -362,3 +362,16 @@ def test_cli_prune_saves_compressed(tmp_path, capsys):
     model, tok = sparsekit.load_model(str(tmp_path / "out"))
     assert isinstance(model.model.layers[0].mlp.down_proj, SparseLinear24) and tok is not None
     assert "in memory, compressed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["sparse-24-bitmask", "sparse-24"])
+def test_compressed_tensors_load_in_float32(pruned_tied_bf16, tmp_path, fmt):
+    """A bf16 checkpoint read in float32 (what dtype=auto picks on a CPU without native bf16): the 16-bit
+    CUTLASS packing is decompressed as stored, then cast."""
+    compressed_tensors_checkpoint(pruned_tied_bf16, tmp_path, False, fmt)
+    byte_tokenizer().save_pretrained(tmp_path)
+    model, _ = sparsekit.load_model(str(tmp_path), dtype="float32")
+    layer = model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, SparseLinear24) and layer.values.dtype == torch.float32
+    want = pruned_tied_bf16.model.layers[0].mlp.up_proj.weight.float()
+    assert torch.equal(layer.dense_weight(), want)
