@@ -16,6 +16,20 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installe
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def require_cuda_extension():
+    """The built `sparsekit._C`, else skip (fail when SPARSEKIT_REQUIRE_CUDA_EXT=1, as on the GPU check)."""
+    import os
+
+    from sparsekit import _ext
+
+    reason = _ext.unavailable_reason()
+    if reason:
+        if os.environ.get("SPARSEKIT_REQUIRE_CUDA_EXT") == "1":
+            pytest.fail(f"the CUDA extension is required here but unavailable: {reason}")
+        pytest.skip(reason)
+    return _ext.load()
+
+
 def tiny_llama(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=256, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 

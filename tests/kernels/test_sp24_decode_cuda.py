@@ -4,7 +4,6 @@ Every output is poisoned before the call (a NaN block of its size left in the ca
 checked against an fp32 reference: relative error (Frobenius) <= 1e-2 and max error within twice torch's
 own same-precision error plus a floor. SPARSEKIT_REQUIRE_CUDA_EXT=1 turns a missing extension into a failure.
 """
-import os
 
 import pytest
 import torch
@@ -12,23 +11,12 @@ import torch.nn.functional as F
 
 from sparsekit import ops
 from sparsekit.cuda_backend import sp24_decode_ref as ref
-from tests.helpers import needs_cuda
+from tests.helpers import needs_cuda, require_cuda_extension
 
 pytestmark = needs_cuda
 
 ISSUE_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]
 ODD_SHAPES = [(32, 64), (96, 192), (160, 4160), (288, 576), (4128, 320)]  # tails in rows and in K
-
-
-def _ext():
-    from sparsekit import _ext
-
-    reason = _ext.unavailable_reason()
-    if reason:
-        if os.environ.get("SPARSEKIT_REQUIRE_CUDA_EXT") == "1":
-            pytest.fail(f"the CUDA extension is required here but unavailable: {reason}")
-        pytest.skip(reason)
-    return _ext.load()
 
 
 def random_24(n, k, dtype, seed):
@@ -64,7 +52,7 @@ def decode(x, values, meta, bias=None, **kw):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(256, 1024), (160, 4160)])
 def test_every_m_from_1_to_64(shape, dtype):
-    _ext()
+    require_cuda_extension()
     n, k = shape
     w = random_24(n, k, dtype, seed=n)
     values, meta = ops.compress_24(w)
@@ -78,7 +66,7 @@ def test_every_m_from_1_to_64(shape, dtype):
 @pytest.mark.parametrize("shape", ISSUE_SHAPES + ODD_SHAPES)
 @pytest.mark.parametrize("m", [1, 2, 4, 16, 33, 64])
 def test_issue_and_odd_shapes(shape, m):
-    _ext()
+    require_cuda_extension()
     n, k = shape
     w = random_24(n, k, torch.bfloat16, seed=m + n)
     values, meta = ops.compress_24(w)
@@ -91,7 +79,7 @@ def test_issue_and_odd_shapes(shape, m):
 @pytest.mark.parametrize("stages", [2, 3, 4])
 @pytest.mark.parametrize("m", [1, 9, 40])
 def test_every_configuration(rows, stages, m):
-    _ext()
+    require_cuda_extension()
     n, k = 1024, 2048
     w = random_24(n, k, torch.bfloat16, seed=rows + stages)
     values, meta = ops.compress_24(w)
@@ -106,7 +94,7 @@ def test_every_configuration(rows, stages, m):
 
 
 def test_deterministic_and_workspace_left_clean():
-    ext = _ext()
+    ext = require_cuda_extension()
     from sparsekit.cuda_backend.sparse24 import decode_workspace
 
     n, k = 4096, 4096
@@ -123,7 +111,7 @@ def test_deterministic_and_workspace_left_clean():
 
 
 def test_cuda_graph_replay_matches_eager():
-    _ext()
+    require_cuda_extension()
     n, k = 11008, 4096
     weights = [ops.compress_24(random_24(n, k, torch.bfloat16, seed=s)) for s in range(3)]
     x = torch.randn(4, k, device="cuda").to(torch.bfloat16)
@@ -144,7 +132,7 @@ def test_cuda_graph_replay_matches_eager():
 
 
 def test_op_has_a_meta_kernel_and_refuses_bad_input_clearly():
-    _ext()
+    require_cuda_extension()
     x = torch.empty(8, 256, dtype=torch.bfloat16, device="meta")
     values = torch.empty(64, 128, dtype=torch.bfloat16, device="meta")
     meta = torch.empty(64, 16, dtype=torch.int16, device="meta")
@@ -162,7 +150,7 @@ def test_op_has_a_meta_kernel_and_refuses_bad_input_clearly():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(32, 64), (160, 4160), (4096, 11008)])
 def test_decompress_kernel_matches_torch(shape, dtype):
-    _ext()
+    require_cuda_extension()
     w = random_24(*shape, dtype, seed=shape[0])
     values, meta = ops.compress_24(w)
     out = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
@@ -186,7 +174,7 @@ def test_cublas_provider_keeps_one_scratch_not_a_copy_per_weight():
 
 @pytest.mark.parametrize("m", [1, 64, 65, 300])
 def test_cuda_provider_routes_by_m(m):
-    _ext()
+    require_cuda_extension()
     from sparsekit.cuda_backend.sparse24 import sparse24_matmul_cuda
 
     n, k = 512, 1024

@@ -6,7 +6,6 @@ Tolerance: the kernel's max error against a float64 reference may be at most twi
 same-precision F.linear, plus a small floor (flash-attention's rule).
 """
 import json
-import os
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from torch.sparse._semi_structured_conversions import _calculate_meta_reordering
 
 from sparsekit import backend, ops
 from sparsekit.cuda_backend import sparse24_dispatch
-from tests.helpers import DTYPES, KERNEL_DEVICE, needs_cuda, needs_triton
+from tests.helpers import DTYPES, KERNEL_DEVICE, needs_cuda, needs_triton, require_cuda_extension
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 4e-3}
 
@@ -223,15 +222,6 @@ def test_autotune_pruning_fits_the_problem():
 # ------------------------------------------------------------------------------------------------
 # CUDA: sparsekit's mma.sp kernel and the library providers
 
-def _require_extension():
-    from sparsekit import _ext
-
-    reason = _ext.unavailable_reason()
-    if reason:
-        if os.environ.get("SPARSEKIT_REQUIRE_CUDA_EXT") == "1":
-            pytest.fail(f"the CUDA extension is required here but unavailable: {reason}")
-        pytest.skip(reason)
-
 
 def _poisoned_cuda_allocator(m, n, dtype):
     """Leave a NaN-filled block of the output's size in the caching allocator: unwritten outputs stay NaN."""
@@ -248,7 +238,7 @@ GPU_CASES = [(1, (96, 320)), (17, (256, 512)), (64, (160, 192)), (300, (1024, 10
 @pytest.mark.parametrize("provider", ["cuda", "cusparselt", "cublas", "triton"])
 def test_gpu_providers_match_masked_dense(provider, m, shape, dtype):
     if provider == "cuda":
-        _require_extension()
+        require_cuda_extension()
     if provider == "cusparselt" and backend.cusparselt_available():
         pytest.skip(backend.cusparselt_available())
     n, k = shape
@@ -265,7 +255,7 @@ def test_gpu_providers_match_masked_dense(provider, m, shape, dtype):
 
 @needs_cuda
 def test_cuda_kernel_refuses_float32_clearly():
-    _require_extension()
+    require_cuda_extension()
     w = random_24(64, 128, torch.float32, "cuda")
     values, meta = ops.compress_24(w)
     with pytest.raises(TypeError, match="float16/bfloat16"):
