@@ -13,8 +13,8 @@ import importlib
 from sparsekit._version import __version__  # noqa: F401  (in _version.py so that lower layers can read it)
 
 _LAZY = {
-    "PruneConfig": "sparsekit.pipeline.config",
-    "prune": "sparsekit.pipeline.prune",
+    "PruneConfig": "sparsekit.pruning",
+    "prune": "sparsekit.pruning",
     "load_model": "sparsekit.hf.loading",
     "save_pruned": "sparsekit.hf.saving",
     "calibration_ids": "sparsekit.data.text",

@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model block by block, optionally evaluate and save it")
     _add_model_args(p)
-    p.add_argument("--method", "--prune_method", default="wanda", type=str.lower, choices=sorted(PRUNERS))
+    p.add_argument("--method", "--prune_method", default=None, type=str.lower, choices=sorted(PRUNERS), help="default wanda")
+    p.add_argument("--preset", default=None, type=str.lower, choices=["fast", "quality"],
+                   help="a measured recipe per pattern (sparsekit/presets.py): quality = ALPS, fast = SparseGPT + "
+                        "ALPS update; flags given explicitly win")
     p.add_argument("--sparsity", "--sparsity_ratio", type=_parse_sparsity, default=None,
                    help="fraction pruned (default 0.5; n/m for N:M) or a JSON {layer|re:regex: fraction}")
     p.add_argument("--pattern", "--sparsity_type", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
@@ -238,12 +241,16 @@ def cmd_prune(args) -> dict:
     from sparsekit.data.text import calibration_ids
     from sparsekit.hf.loading import load_model, resolve_checkpoint
     from sparsekit.hf.saving import save_pruned
-    from sparsekit.pipeline.config import PruneConfig
-    from sparsekit.pipeline.prune import prune
+    from sparsekit.pruning import PruneConfig
+    from sparsekit.pruning import prune
 
     from sparsekit.pipeline import distributed
 
     _apply_quick(args)
+    if args.preset:  # the preset's recipe fills the flags left unset
+        from sparsekit.presets import apply_to_cli_args
+        apply_to_cli_args(args)
+    args.method = args.method or "wanda"
     device = distributed.init_from_env(args.device or _default_device())
     main_process = distributed.is_main()
     config = PruneConfig(  # validate before the (slow) model load

@@ -10,7 +10,7 @@ import torch
 
 import sparsekit
 from sparsekit import backend, ops
-from sparsekit.pipeline.config import PruneConfig
+from sparsekit.pruning import PruneConfig
 from tests.helpers import needs_triton, tiny_llama
 
 tl = pytest.importorskip("triton.language")

@@ -25,7 +25,7 @@ SOURCES = {"sparsekit": REPO / "sparsekit", "sparsekit.triton_kernels": REPO / "
 LAYERS = [
     ("cli", ("sparsekit.cli", "sparsekit.cli_preflight", "sparsekit.__main__")),
     ("api", ("sparsekit",)),  # sparsekit/__init__.py, the lazy public facade (the package itself only)
-    ("pruning", ("sparsekit.pipeline.config", "sparsekit.pipeline.prune")),  # architecture §1's pruning.py
+    ("pruning", ("sparsekit.pruning",)),  # PruneConfig + prune: the one module that drives pruners over the pipeline
     ("pruners", ("sparsekit.pruners",)),
     ("allocation/eval", ("sparsekit.allocation", "sparsekit.eval")),
     ("pipeline", ("sparsekit.pipeline",)),
@@ -185,15 +185,15 @@ def test_no_import_climbs_the_layers():
     ("from sparsekit import __version__\n", {"sparsekit"}),
     ("from ..hf.layers import x\n", {"sparsekit.hf.layers"}),
     ("def f():\n    import sparsekit.ops.sparse24\n", {"sparsekit.ops.sparse24"}),
-    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sparsekit.pipeline import config\n",
-     {"sparsekit.pipeline.config"}),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sparsekit.pipeline import block\n",
+     {"sparsekit.pipeline.block"}),
     ("import torch\nfrom tqdm import tqdm\n", set()),
 ])
 def test_imports_are_resolved_at_any_depth(tmp_path, source, expected):
     path = tmp_path / "mod.py"
     path.write_text(source)
     known = {"sparsekit", "sparsekit.ops", "sparsekit.ops.sparse24", "sparsekit.hf.layers",
-             "sparsekit.pipeline.config", "sparsekit.pipeline.x"}
+             "sparsekit.pipeline.block", "sparsekit.pipeline.x"}
     assert {t for t, _ in imported_modules("sparsekit.pipeline.x", path, known)} == expected
 
 
@@ -201,7 +201,8 @@ def test_cycle_finder_and_layers_catch_what_they_should():
     edges = {"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}
     assert find_cycles(edges) == [["a", "b", "c", "a"]]
     assert find_cycles({"a": {"b": 1}, "b": {}}) == []
-    assert LAYERS[layer_of("sparsekit.pipeline.prune")][0] == "pruning"
+    assert LAYERS[layer_of("sparsekit.pruning")][0] == "pruning"
+    assert layer_of("sparsekit.pipeline.block") > layer_of("sparsekit.allocation.owl") > layer_of("sparsekit.pruners.wanda")
     assert LAYERS[layer_of("sparsekit.pipeline.capture")][0] == "pipeline"
     assert LAYERS[layer_of("sparsekit")][0] == "api"
     assert layer_of("sparsekit_other") is None

@@ -4,7 +4,7 @@
 sparsity into a per-layer mapping (OWL: from the dense model's outlier ratios) that the chosen
 method then reaches layer by layer. (BESA learns its allocation inside each block: method "besa".)
 Modules are imported lazily so that the pipeline and pruners can import this package freely.
-The functions below take the run's `PruneConfig` (sparsekit.pipeline.config) but never import it: the
+The functions below take the run's `PruneConfig` (sparsekit.pruning) but never import it: the
 config sits above this package and calls `check_allocation` itself (architecture.md §1 layers).
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ def block_views(model):
 
 def prune_with(pruner, model, monkeypatch, sparsity=0.5):
     """Run the pipeline with this pruner instance (to inspect what it learned)."""
-    monkeypatch.setattr("sparsekit.pipeline.prune.make_pruner", lambda *a, **k: pruner)
+    monkeypatch.setattr("sparsekit.pruning.make_pruner", lambda *a, **k: pruner)
     return sparsekit.prune(model, calib(), PruneConfig(method="besa", sparsity=sparsity, batch_size=1))
 
 
@@ -236,7 +236,7 @@ def test_paper_mode_also_learns_with_the_default_forward_batch():
 
 def test_a_uniform_allocation_is_reported_and_warned_about(monkeypatch, caplog):
     pruner = make_pruner("besa", min_steps=0, train_batch=8)  # one step per block: the allocation cannot move
-    monkeypatch.setattr("sparsekit.pipeline.prune.make_pruner", lambda *a, **k: pruner)
+    monkeypatch.setattr("sparsekit.pruning.make_pruner", lambda *a, **k: pruner)
     with caplog.at_level("WARNING", logger="sparsekit.pruners.besa"):
         report = sparsekit.prune(tiny_llama(), calib(), PruneConfig(method="besa", sparsity=0.5, batch_size=8))
     warned = [r.getMessage() for r in caplog.records if "stayed uniform" in r.getMessage()]
