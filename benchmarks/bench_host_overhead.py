@@ -91,12 +91,12 @@ def emulated_cuda_launch():
     previous = drivers._active  # there is no GPU driver to reset to, so restore the attribute itself
     drivers.set_active(_NoDriver())  # Triton's launcher looks the active driver up on every call
 
-    def resolve_config(x2d, values, meta, bias, bucket):
+    def resolve_config(x2d, values, meta, bias, bucket, perm=None):
         config = triton_matmul._config_dict(triton_matmul._heuristic_config(bucket, values.shape[0], x2d.shape[1]))
-        return config, reference(x2d, values, meta, bias)
+        return config, reference(x2d if perm is None else x2d.index_select(1, perm), values, meta, bias)
 
-    def build_plan(x2d, values, meta, bias, backend):
-        return triton_matmul.build_launch_plan(x2d, values, meta, bias, compile_kernel=lambda args, kwargs: stub)
+    def build_plan(x2d, values, meta, bias, backend, perm=None):
+        return triton_matmul.build_launch_plan(x2d, values, meta, bias, perm=perm, compile_kernel=lambda args, kwargs: stub)
 
     try:
         stub = StubKernel()

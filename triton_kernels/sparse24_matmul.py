@@ -104,10 +104,18 @@ def _load_meta(meta_ptr, meta_row, n_ok, kb, N, K, offs_c, BLOCK_K: tl.constexpr
 
 
 @triton.jit
-def _load_x(x_ptr, offs_m, m_ok, kb, K, stride_xm, stride_xk, offs_k, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
-    """x[m, kb*BK : (kb+1)*BK] as [BLOCK_M, BLOCK_K], rows past M are zeros."""
+def _load_x(x_ptr, perm_ptr, offs_m, m_ok, kb, K, stride_xm, stride_xk, offs_k, BLOCK_K: tl.constexpr,
+            EVEN_K: tl.constexpr, PERMUTED: tl.constexpr):
+    """x[m, kb*BK : (kb+1)*BK] as [BLOCK_M, BLOCK_K], rows past M are zeros; PERMUTED: x[m, perm[kb*BK : ...]]."""
     kk = kb * BLOCK_K + offs_k
-    ptrs = x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk
+    if PERMUTED:  # the input permutation folded into the load: column kk of the tile is x's column perm[kk]
+        if EVEN_K:
+            cols = tl.load(perm_ptr + kk)
+        else:
+            cols = tl.load(perm_ptr + kk, mask=kk < K, other=0)
+    else:
+        cols = kk
+    ptrs = x_ptr + offs_m[:, None] * stride_xm + cols[None, :] * stride_xk
     if EVEN_K:
         return tl.load(ptrs, mask=m_ok[:, None], other=0.0)
     return tl.load(ptrs, mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
@@ -118,6 +126,8 @@ def _load_x(x_ptr, offs_m, m_ok, kb, K, stride_xm, stride_xk, offs_k, BLOCK_K: t
 def _sparse24_matmul_kernel(
     # pointers
     x_ptr, values_ptr, meta_ptr, bias_ptr, out_ptr, ws_ptr, count_ptr,
+    # int32 (K,) input permutation (read only when PERMUTED)
+    perm_ptr,
     # sizes; M_BUCKET only keys the autotuner
     M, N, K, M_BUCKET,
     # strides (elements)
@@ -125,7 +135,7 @@ def _sparse24_matmul_kernel(
     # number of K slices (a runtime value: one compiled kernel serves every split)
     SPLIT_K,
     # meta-parameters
-    HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr, PERMUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -152,7 +162,7 @@ def _sparse24_matmul_kernel(
     # (an empty split or the last iteration re-reads a block it already has).
     kb_first = tl.minimum(kb_begin, k_blocks - 1)
     meta_next = _load_meta(meta_ptr, meta_row, n_ok, kb_first, N, K, offs_c, BLOCK_K, not (EVEN_N and EVEN_K))
-    x_next = _load_x(x_ptr, offs_m, m_ok, kb_first, K, stride_xm, stride_xk, offs_k, BLOCK_K, EVEN_K)
+    x_next = _load_x(x_ptr, perm_ptr, offs_m, m_ok, kb_first, K, stride_xm, stride_xk, offs_k, BLOCK_K, EVEN_K, PERMUTED)
     if BLOCK_M >= 16:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
@@ -164,7 +174,7 @@ def _sparse24_matmul_kernel(
         meta = meta_next
         x = x_next
         meta_next = _load_meta(meta_ptr, meta_row, n_ok, nxt, N, K, offs_c, BLOCK_K, not (EVEN_N and EVEN_K))
-        x_next = _load_x(x_ptr, offs_m, m_ok, nxt, K, stride_xm, stride_xk, offs_k, BLOCK_K, EVEN_K)
+        x_next = _load_x(x_ptr, perm_ptr, offs_m, m_ok, nxt, K, stride_xm, stride_xk, offs_k, BLOCK_K, EVEN_K, PERMUTED)
         if BLOCK_M >= 16:
             v = _load_values(values_ptr, offs_n, n_ok, kb, K, stride_vn, offs_hv, BLOCK_K, EVEN_N and EVEN_K)
         else:
@@ -409,10 +419,12 @@ def sparse24_matmul(
     bias: torch.Tensor | None = None,
     *,
     config: dict | None = None,
+    perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x2d (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, W given as (values, meta); inputs already validated.
 
-    On CUDA the autotuner picks the config per (M bucket, N, K, dtype); `config` (a dict of BLOCK_M, BLOCK_N,
+    perm (K,) int32/int64, a permutation of the input features: computes x2d[:, perm] @ W.T, the gather
+    folded into the kernel's x loads (no permuted copy of x). On CUDA the autotuner picks the config per (M bucket, N, K, dtype); `config` (a dict of BLOCK_M, BLOCK_N,
     BLOCK_K, SPLIT_K, num_warps, num_stages) bypasses it, as does SPARSEKIT_TRITON_AUTOTUNE=0 (heuristic).
     """
     m, k = x2d.shape
@@ -425,10 +437,11 @@ def sparse24_matmul(
     split_possible = m <= SPLIT_MAX_M
     tiles = triton.cdiv(n, 32) * (m if m <= 4 else triton.cdiv(m, 16))
     ws, count = _workspace(x2d.device, m * n if split_possible else 1, tiles if split_possible else 1)
-    args = (x2d, values, meta, bias_arg, out, ws, count, m, n, k, m_bucket(m),
+    perm_arg = kernel_perm(perm) if perm is not None else count  # never read when PERMUTED is False
+    args = (x2d, values, meta, bias_arg, out, ws, count, perm_arg, m, n, k, m_bucket(m),
             x2d.stride(0), x2d.stride(1), values.stride(0), out.stride(0), out.stride(1))
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    flags = dict(HAS_BIAS=bias is not None,
+    flags = dict(HAS_BIAS=bias is not None, PERMUTED=perm is not None,
                  IEEE=x2d.dtype == torch.float32 or (interpreting and x2d.dtype == torch.bfloat16))
 
     if config is None and _autotune_enabled(x2d.device):
@@ -451,6 +464,11 @@ def sparse24_matmul(
     return out
 
 
+def kernel_perm(perm: torch.Tensor) -> torch.Tensor:
+    """The permutation as the kernel reads it: contiguous int32 (a no-op when it already is)."""
+    return perm if perm.dtype == torch.int32 and perm.is_contiguous() else perm.to(torch.int32).contiguous()
+
+
 def _config_dict(cfg: triton.Config) -> dict:
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
@@ -468,21 +486,21 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _resolve_config(x2d, values, meta, bias, bucket: int) -> tuple[dict, torch.Tensor]:
+def _resolve_config(x2d, values, meta, bias, bucket: int, perm=None) -> tuple[dict, torch.Tensor]:
     """(config, out of this call): the autotuner's pick for the bucket (tuning now if it has not), else the heuristic."""
     m, k = x2d.shape
     n = values.shape[0]
     if _autotune_enabled(x2d.device):
-        out = sparse24_matmul(x2d, values, meta, bias)
+        out = sparse24_matmul(x2d, values, meta, bias, perm=perm)
         return _config_dict(_autotuned_kernel.best_config), out
     cfg = _config_dict(_heuristic_config(bucket, n, k))
-    return cfg, sparse24_matmul(x2d, values, meta, bias, config=cfg)
+    return cfg, sparse24_matmul(x2d, values, meta, bias, config=cfg, perm=perm)
 
 
-def _compile(x2d, values, meta, bias_arg, out, ws, count, scalars: tuple, cfg: dict, flags: dict):
+def _compile(x2d, values, meta, bias_arg, out, ws, count, perm_arg, scalars: tuple, cfg: dict, flags: dict):
     """The compiled kernel (Triton's JIT cache; compiles on a miss) for these arguments' specialization."""
     return _sparse24_matmul_kernel.warmup(
-        x2d, values, meta, bias_arg, out, ws, count, *scalars, grid=(1,),
+        x2d, values, meta, bias_arg, out, ws, count, perm_arg, *scalars, grid=(1,),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], SPLIT_K=cfg["SPLIT_K"],
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3), **flags)
 
@@ -494,8 +512,9 @@ def _is_standard(t: torch.Tensor) -> bool:
 class LaunchPlan:
     """The Triton kernel for one (device, dtype, M bucket, N, K, bias or not), resolved once.
 
-    `plan(x, values, meta, bias)` returns x @ W.T (+ bias) with shape (..., N) for x (..., K) whose row count
-    is in the plan's bucket (>= 1). Contract (checked by the caller, e.g. SparseLinear24 when its buffers
+    `plan(x, values, meta, bias, perm=None)` returns x @ W.T (+ bias) with shape (..., N) for x (..., K) whose
+    row count is in the plan's bucket (>= 1); a plan built with a permutation (`permuted`) computes
+    x[..., perm] @ W.T, with `perm` (K,) contiguous int32 passed on every call (plans are shared by layers). Contract (checked by the caller, e.g. SparseLinear24 when its buffers
     change): values, meta and bias have the plan's dtype, device and shapes and are contiguous and 16-byte
     aligned (the compiled kernel is specialized on that). An x that is not contiguous and 16-byte aligned,
     or a current CUDA device other than the plan's, takes the general launcher with the plan's config.
@@ -503,11 +522,12 @@ class LaunchPlan:
 
     __slots__ = ("device", "device_index", "n", "k", "bucket", "config", "block_m", "grid_n", "split", "constexprs",
                  "launch", "function", "packed_metadata", "workspaces", "by_stream", "tail", "raw_stream",
-                 "current_device")
+                 "current_device", "permuted")
     standard_operands_only = True
 
-    def __init__(self, device, n, k, bucket, config, compiled, constexprs, store):
+    def __init__(self, device, n, k, bucket, config, compiled, constexprs, store, permuted=False):
         self.device = device
+        self.permuted = permuted
         self.device_index = device.index if device.index is not None else 0
         self.n, self.k, self.bucket, self.config = n, k, bucket, config
         self.block_m = config["BLOCK_M"]
@@ -528,15 +548,15 @@ class LaunchPlan:
     def __deepcopy__(self, memo):
         return self  # immutable and shared by every layer of this shape
 
-    def general(self, x, values, meta, bias):
+    def general(self, x, values, meta, bias, perm=None):
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            out = sparse24_matmul(x.reshape(-1, self.k), values, meta, bias, config=self.config)
+            out = sparse24_matmul(x.reshape(-1, self.k), values, meta, bias, config=self.config, perm=perm)
         return out.reshape(*x.shape[:-1], self.n)
 
-    def __call__(self, x, values, meta, bias):
+    def __call__(self, x, values, meta, bias, perm=None):
         if self.launch is None or not x.is_contiguous() or x.data_ptr() & 15 \
                 or self.current_device() != self.device_index:
-            return self.general(x, values, meta, bias)
+            return self.general(x, values, meta, bias, perm)
         shape = x.shape
         if len(shape) == 2:  # building the output shape from tuples, not torch.Size slices (~1-3 µs less)
             m = shape[0]
@@ -548,14 +568,16 @@ class LaunchPlan:
         pair = self.by_stream.get(stream) or self.workspaces.get(stream)
         self.launch(self.grid_n, (m + self.block_m - 1) // self.block_m, self.split, stream, self.function,
                     self.packed_metadata, None, None, None,
-                    x, values, meta, values if bias is None else bias, out, pair[0], pair[1], m, *self.tail)
+                    x, values, meta, values if bias is None else bias, out, pair[0], pair[1],
+                    pair[1] if perm is None else perm, m, *self.tail)
         return out
 
 
 def build_launch_plan(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
-                      *, compile_kernel=None):
+                      *, perm: torch.Tensor | None = None, compile_kernel=None):
     """(LaunchPlan for x2d's M bucket, the output of this call). Needs CUDA tensors (not the interpreter).
 
+    perm (K,): the plan folds an input permutation into its x loads (see LaunchPlan); this call uses it.
     Resolves the config (autotuning this bucket now if it has not been), compiles the kernel for standard
     operands and sizes the workspace for the bucket's largest M. Call it outside CUDA-graph capture.
     compile_kernel(args, kwargs) -> an object with Triton CompiledKernel's `run`, `function` and
@@ -566,10 +588,10 @@ def build_launch_plan(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     if device.type == "cuda" and _interpreting():
         raise RuntimeError("launch plans need compiled kernels; under TRITON_INTERPRET=1 use sparse24_matmul")
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # Triton compiles for the current device
-        return _build_launch_plan(x2d, values, meta, bias, compile_kernel)
+        return _build_launch_plan(x2d, values, meta, bias, perm, compile_kernel)
 
 
-def _build_launch_plan(x2d, values, meta, bias, compile_kernel):
+def _build_launch_plan(x2d, values, meta, bias, perm, compile_kernel):
     device = x2d.device
     if _capturing(device):
         raise RuntimeError("the first 2:4 matmul call of this batch-size bucket is inside CUDA-graph capture; run "
@@ -577,7 +599,7 @@ def _build_launch_plan(x2d, values, meta, bias, compile_kernel):
     m, k = x2d.shape
     n = values.shape[0]
     bucket = m_bucket(m)
-    cfg, out = _resolve_config(x2d, values, meta, bias, bucket)
+    cfg, out = _resolve_config(x2d, values, meta, bias, bucket, perm)
     if cfg["SPLIT_K"] > 1 and bucket > SPLIT_MAX_M:
         cfg = {**cfg, "SPLIT_K": 1}
     store = workspaces(device)
@@ -586,19 +608,23 @@ def _build_launch_plan(x2d, values, meta, bias, compile_kernel):
     store.ensure(bucket * n if cfg["SPLIT_K"] > 1 else 1, tiles if cfg["SPLIT_K"] > 1 else 1, stream)
     ws, count = store.get(stream)
     flags = dict(HAS_BIAS=bias is not None, EVEN_N=n % cfg["BLOCK_N"] == 0, EVEN_K=k % cfg["BLOCK_K"] == 0,
-                 IEEE=x2d.dtype == torch.float32 or (_interpreting() and x2d.dtype == torch.bfloat16))
+                 IEEE=x2d.dtype == torch.float32 or (_interpreting() and x2d.dtype == torch.bfloat16),
+                 PERMUTED=perm is not None)
+    perm_arg = kernel_perm(perm) if perm is not None else count
     x_std = x2d if _is_standard(x2d) else torch.empty((m, k), dtype=x2d.dtype, device=device)
     out_std = torch.empty((m, n), dtype=x2d.dtype, device=device)
     scalars = (m, n, k, bucket, k, 1, k // 2, n, 1)
     if compile_kernel is None:
-        compiled = _compile(x_std, values, meta, values if bias is None else bias, out_std, ws, count, scalars, cfg, flags)
+        compiled = _compile(x_std, values, meta, values if bias is None else bias, out_std, ws, count, perm_arg, scalars,
+                            cfg, flags)
     else:
-        compiled = compile_kernel((x_std, values, meta, values if bias is None else bias, out_std, ws, count, *scalars,
+        compiled = compile_kernel((x_std, values, meta, values if bias is None else bias, out_std, ws, count, perm_arg,
+                                   *scalars,
                                    cfg["SPLIT_K"]), dict(**flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                                          BLOCK_K=cfg["BLOCK_K"]))
-    constexprs = (flags["HAS_BIAS"], flags["EVEN_N"], flags["EVEN_K"], flags["IEEE"],
+    constexprs = (flags["HAS_BIAS"], flags["EVEN_N"], flags["EVEN_K"], flags["IEEE"], flags["PERMUTED"],
                   cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
-    return LaunchPlan(device, n, k, bucket, cfg, compiled, constexprs, store), out
+    return LaunchPlan(device, n, k, bucket, cfg, compiled, constexprs, store, permuted=perm is not None), out
 
 
 def compile_variants():
@@ -608,18 +634,19 @@ def compile_variants():
     Triton specialises only when it is 1) and every heuristic config, in bf16; in fp16 and fp32 (IEEE dot), one
     tile shape per BLOCK_M (the dtype changes the loads and the dot, not the tiling). The heuristics' EVEN_N /
     EVEN_K and HAS_BIAS rotate through their 8 combinations. x's and out's columns contiguous (unit strides),
-    sizes and pointers 16-aligned, as in a model.
+    sizes and pointers 16-aligned, as in a model. Input-permuted layers (PERMUTED: x gathered by an int32
+    perm in the x loads): one tile shape per BLOCK_M in bf16 (split-K alternating), and one in fp16 and fp32.
     """
     from itertools import product
 
     from sparsekit.triton_kernels.variants import Variant
 
-    def variant(i, dtype, cfg, split_one):
+    def variant(i, dtype, cfg, split_one, permuted=False):
         kw = cfg.kwargs
         ptrs = dict(x_ptr=f"*{dtype}", values_ptr=f"*{dtype}", meta_ptr="*i16", bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}",
-                    ws_ptr="*fp32", count_ptr="*i32")
+                    ws_ptr="*fp32", count_ptr="*i32", perm_ptr="*i32")
         ints = dict(M="i32", N="i32", K="i32", M_BUCKET="i32", stride_xm="i32", stride_vn="i32", stride_om="i32")
-        flags = dict(HAS_BIAS=bool(i & 1), EVEN_N=bool(i & 2), EVEN_K=bool(i & 4), IEEE=dtype == "fp32")
+        flags = dict(HAS_BIAS=bool(i & 1), EVEN_N=bool(i & 2), EVEN_K=bool(i & 4), IEEE=dtype == "fp32", PERMUTED=permuted)
         split = {"SPLIT_K": 1} if split_one else {}
         return Variant(_sparse24_matmul_kernel, {**ptrs, **ints, **({} if split_one else {"SPLIT_K": "i32"})},
                        dict(stride_xk=1, stride_on=1, **flags, BLOCK_M=kw["BLOCK_M"], BLOCK_N=kw["BLOCK_N"],
@@ -637,4 +664,6 @@ def compile_variants():
     variants = [variant(i, "bf16", cfg, split_one) for i, (cfg, split_one) in enumerate(chosen)]
     per_block_m = list({cfg.kwargs["BLOCK_M"]: cfg for cfg in reversed(tuned)}.values())
     variants += [variant(i, dtype, cfg, i % 2 == 0) for dtype in ("fp16", "fp32") for i, cfg in enumerate(per_block_m)]
+    variants += [variant(i, "bf16", cfg, i % 2 == 0, permuted=True) for i, cfg in enumerate(per_block_m)]
+    variants += [variant(i + 3, dtype, per_block_m[i], i % 2 == 1, permuted=True) for i, dtype in enumerate(("fp16", "fp32"))]
     return variants

@@ -14,7 +14,11 @@ torch.compile (fullgraph, through the `sparsekit::sparse24_matmul` custom op) an
 
 Channel-permuted layers (pruned with an N:M permutation, see `sparsekit.ops.nm_permutation`) also hold
 `perm` (in,) int64: the compressed weight is W[:, perm] and forward computes y = x[..., perm] @ W[:, perm].T + b,
-the same y as the dense layer in its original order. The gather is an index_select before the 2:4 matmul.
+the same y as the dense layer in its original order. The gather costs no separate pass: the Triton and CUDA
+kernels read x's columns through an int32 copy of perm in their x loads (the launch plan gets it as one more
+pointer); the torch and cuBLAS providers index_select. `sparsekit.sparsify` absorbs the permutation of layers
+whose input is produced by an elementwise product of row-permutable layers (LLaMA's down_proj), so only
+layers that read the residual stream (q/k/v, gate/up) keep one.
 """
 from __future__ import annotations
 
@@ -121,7 +125,6 @@ class SparseLinear24(nn.Module):
         self.__dict__["_plans"] = {}
         self.__dict__["_operands"] = None
         self.__dict__["_refused"] = True
-        self.__dict__["_perm"] = None
         values, meta, bias = self._buffers["values"], self._buffers["meta"], self._buffers["bias"]
         perm = self._buffers.get("perm")
         where = f"SparseLinear24(in_features={self.in_features}, out_features={self.out_features})"
@@ -156,10 +159,11 @@ class SparseLinear24(nn.Module):
                     raise ValueError(f"{where}: {exc}") from None
         self.__dict__["_refused"] = False
         if not values.is_meta:
-            self.__dict__["_operands"] = (self._buffers["values"], self._buffers["meta"], self._buffers["bias"])
+            # the kernels read the permutation as contiguous int32 (made once here, not per call)
+            perm32 = perm.to(torch.int32).contiguous() if perm is not None else None
+            self.__dict__["_operands"] = (self._buffers["values"], self._buffers["meta"], self._buffers["bias"], perm32)
             self.__dict__["_dtype"] = values.dtype
             self.__dict__["_device"] = values.device
-            self.__dict__["_perm"] = perm
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -180,9 +184,7 @@ class SparseLinear24(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            if self.perm is not None:
-                x = x.index_select(-1, self.perm)
-            return _launch.linear(x, self.values, self.meta, self.bias, self.backend)
+            return _launch.linear(x, self.values, self.meta, self.bias, self.backend, self.perm)
         k = self.in_features
         if self._operands is None or x.dtype is not self._dtype or x.device != self._device or x.ndim == 0 \
                 or x.shape[-1] != k:
@@ -191,8 +193,6 @@ class SparseLinear24(nn.Module):
         plan = self._plans.get(_BUCKET_OF[m] if m <= MAX_M_BUCKET else MAX_M_BUCKET) if m else None
         if plan is None:
             return self._checked_forward(x)
-        if self._perm is not None:
-            x = x.index_select(-1, self._perm)
         return plan(x, *self._operands)
 
     def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,10 +202,8 @@ class SparseLinear24(nn.Module):
             if self._operands is None:
                 raise ValueError("this SparseLinear24's buffers are on the meta device (not loaded); load the "
                                  "weights (load_state_dict(..., assign=True) or to_empty + load_state_dict) first")
-        values, meta, bias = self._operands
+        values, meta, bias, perm = self._operands
         n, k = check_matmul_operands(x, values, meta, bias)
-        if self._perm is not None:
-            x = x.index_select(-1, self._perm)
         x2d = x.reshape(-1, k)
         m = x2d.shape[0]
         if m == 0:
@@ -213,11 +211,11 @@ class SparseLinear24(nn.Module):
         bucket = m_bucket(m)
         plan = self._plans.get(bucket)
         if plan is None:
-            plan, out = _launch.shared_plan(x2d, values, meta, bias, self.backend)
+            plan, out = _launch.shared_plan(x2d, values, meta, bias, self.backend, perm)
             self._plans[bucket] = plan
             if out is not None:
                 return out.reshape(*x.shape[:-1], n)
-        return plan(x, values, meta, bias)
+        return plan(x, values, meta, bias, perm)
 
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) dense weight with zeros, in the original input order (un-permuted)."""

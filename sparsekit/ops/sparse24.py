@@ -101,20 +101,32 @@ def sparse24_matmul(
     meta: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
+    perm: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """x @ W.T (+ bias) for x (..., K) and a compressed 2:4 weight W (N, K); returns (..., N) in x's dtype.
 
-    Every argument is validated here (metadata only, no host sync). Under torch.compile the call goes
-    through the opaque custom op `sparsekit::sparse24_matmul` (see `sparsekit.ops.sparse24_launch`);
-    in eager mode it dispatches directly. `SparseLinear24` uses a cheaper path (launch plans).
+    perm (K,) int32/int64, an input permutation (`ops.nm_permutation`): computes x[..., perm] @ W.T, the
+    weight being stored in permuted column order. The Triton and CUDA kernels gather x by it in their
+    loads (no permuted copy of x); the torch reference index_selects.
+    Every argument is validated here (metadata only, no host sync; perm's content too when it is on the
+    CPU). Under torch.compile the call goes through the opaque custom op `sparsekit::sparse24_matmul` (see
+    `sparsekit.ops.sparse24_launch`); in eager mode it dispatches directly. `SparseLinear24` uses a cheaper
+    path (launch plans).
     """
     n, k = check_matmul_operands(x, values, meta, bias)
+    _launch.check_perm_operand(perm, k, x.device)
+    if perm is not None and perm.device.type == "cpu":
+        from sparsekit.ops.permutation import check_permutation
+
+        check_permutation(perm, k)
     x2d = x.reshape(-1, k)
     if x2d.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], n)
     if torch.compiler.is_compiling():
-        out = _launch.sparse24_matmul_op(x2d, values, meta, bias, backend)
-    else:
+        out = _launch.sparse24_matmul_op(x2d, values, meta, bias, backend, perm)
+    elif perm is None:
         out = _backend.call("sparse24_matmul", backend, x.device, x2d, values, meta, bias)
+    else:
+        out = _backend.call("sparse24_matmul", backend, x.device, x2d, values, meta, bias, perm=perm)
     return out.reshape(*x.shape[:-1], n)

@@ -155,8 +155,11 @@ def unpack_bitmask(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
     return bits.view(bitmask.shape[0], -1)[:, :cols].bool()
 
 
-def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype: decompress W, then one dense GEMM."""
+def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                    perm: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) [:, perm] @ W.T (+ bias) -> (M, N) in x's dtype: decompress W, then one dense GEMM (perm: index_select)."""
+    if perm is not None:
+        x = x.index_select(-1, perm)
     return F.linear(x, decompress_24(values, meta), bias)
 
 

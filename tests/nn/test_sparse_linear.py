@@ -175,9 +175,9 @@ def count_plan_builds(monkeypatch):
     built = []
     real = sparse24_launch.build_plan
 
-    def spy(x2d, values, meta, bias, backend):
+    def spy(x2d, values, meta, bias, backend, perm=None):
         built.append(x2d.shape[0])
-        return real(x2d, values, meta, bias, backend)
+        return real(x2d, values, meta, bias, backend, perm)
 
     monkeypatch.setattr(sparse24_launch, "build_plan", spy)
     sparse24_launch.clear_plans()
