@@ -29,7 +29,7 @@ BACKENDS = ("cuda", "triton", "torch", "cusparselt", "cublas")
 # op name -> {backend: "module:function"}
 IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "activation_stats": {
-        "torch": "sparsekit.torch_backend.stats:activation_sums",
+        "torch": "sparsekit.torch_backend.activation_stats:activation_sums",
         "triton": "sparsekit.triton_kernels.activation_stats:activation_sums",
     },
     "wanda_score": {
@@ -46,6 +46,7 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "sparsegpt": {
         "torch": "sparsekit.torch_backend.sparsegpt:sparsegpt",
     },
+    "sparsegpt_saliency": {"torch": "sparsekit.torch_backend.sparsegpt:sparsegpt_saliency"},
     # DSnoT swaps, see sparsekit.ops.dsnot (inputs prepared there so both backends agree exactly)
     "dsnot": {
         "torch": "sparsekit.torch_backend.dsnot:dsnot",

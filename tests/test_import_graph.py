@@ -31,7 +31,7 @@ LAYERS = [
     ("pipeline", ("sparsekit.pipeline",)),
     ("hf", ("sparsekit.hf", "sparsekit.preflight")),  # preflight: checkpoint/model checks before a load
     ("nn", ("sparsekit.nn",)),
-    ("ops/cuda_backend", ("sparsekit.ops", "sparsekit.cuda_backend", "sparsekit.stats")),  # stats -> ops/stats (§3)
+    ("ops/cuda_backend", ("sparsekit.ops", "sparsekit.cuda_backend")),
     ("backend/triton_kernels", ("sparsekit.backend", "sparsekit.triton_kernels")),
     ("torch_backend", ("sparsekit.torch_backend",)),
     # below the stack: plumbing every layer may use, which imports none of the layers above

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsekit.torch_backend.stats import activation_sums as torch_activation_sums
+from sparsekit.torch_backend.activation_stats import activation_sums as torch_activation_sums
 
 BLOCK_C = 128  # features per program (contiguous in memory)
 BLOCK_S = 32  # tokens per tile

@@ -16,7 +16,7 @@ from sparsekit.hf.layers import LayerView
 from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import BlockInputs
 from sparsekit.pipeline.report import PhaseTimer
-from sparsekit.stats import ActivationStats, HessianStats
+from sparsekit.ops.stats import ActivationStats, HessianStats
 
 
 @dataclass

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sparsekit import ops
-from sparsekit.torch_backend.stats import activation_sums as torch_sums
+from sparsekit.torch_backend.activation_stats import activation_sums as torch_sums
 from sparsekit.triton_kernels.activation_stats import activation_sums as triton_sums
 from tests.helpers import DTYPES, KERNEL_DEVICE, needs_triton
 

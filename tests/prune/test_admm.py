@@ -10,7 +10,7 @@ from sparsekit.cli import main as cli_main
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
 from sparsekit.pruners import make_pruner
-from sparsekit.stats import HessianStats
+from sparsekit.ops.stats import HessianStats
 from tests.helpers import save_tiny_checkpoint, tiny_llama
 
 
