@@ -1,8 +1,9 @@
 // sparsekit._C: argument checks, the torch operators (TORCH_LIBRARY "sparsekit", CUDA and Meta kernels) and
 // the Python module.
 //
-//   torch.ops.sparsekit.sp24_linear(x, values, meta, bias, workspace, rows=0, stages=0)  M <= 64 (sp24_decode)
-//   torch.ops.sparsekit.sp24_mm(x, values, meta, bias)                                 any M (tiled mma.sp)
+//   torch.ops.sparsekit.sp24_linear(x, values, meta, bias, workspace, rows=0, stages=0, perm=None)  M <= 64 (sp24_decode)
+//   torch.ops.sparsekit.sp24_mm(x, values, meta, bias, perm=None)                                 any M (tiled mma.sp)
+//   perm: (K,) int32 input permutation, out = x[:, perm] @ W^T (gathered in the kernels' x loads)
 //   torch.ops.sparsekit.sp24_decompress(values, meta, out)                           dense W into out (N, K)
 //   sparsekit._C.sp24_decode_workspace_bytes(num_sms)  bytes of the sp24_linear workspace (zeros at creation)
 //   sparsekit._C.sparse24_mm(...)                       = sp24_mm, kept for older callers
@@ -89,10 +90,24 @@ void check_memory(const at::Tensor& x, const at::Tensor& values, const at::Tenso
   }
 }
 
+// perm: (K,) int32, contiguous, 16-byte aligned, on x's device (its content is the caller's: no host sync).
+const int32_t* perm_pointer(const std::optional<at::Tensor>& perm, const at::Tensor& x, int64_t K) {
+  if (!perm.has_value()) return nullptr;
+  const at::Tensor& p = perm.value();
+  TORCH_CHECK(p.scalar_type() == at::kInt, "perm must be int32 (the kernels read it as such), got ", p.scalar_type());
+  CHECK_SHAPE(p, K);
+  CHECK_CUDA(p);
+  CHECK_CONTIGUOUS(p);
+  CHECK_ALIGNED16(p);
+  TORCH_CHECK(p.device() == x.device(), "perm must be on x's device");
+  return p.data_ptr<int32_t>();
+}
+
 at::Tensor sparse24_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                       const std::optional<at::Tensor>& bias) {
+                       const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& perm) {
   const auto [M, N, K] = check_shapes("sp24_mm", x, values, meta, bias, 64);
   check_memory(x, values, meta, bias);
+  const int32_t* perm_ptr = perm_pointer(perm, x, K);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({M, N}, x.options());
   sparsekit::Sparse24MmParams params;
@@ -108,6 +123,7 @@ at::Tensor sparse24_mm(const at::Tensor& x, const at::Tensor& values, const at::
   params.dtype = kernel_dtype(x);
   params.device = x.get_device();
   params.num_sms = device_info(params.device).num_sms;
+  params.perm = perm_ptr;
   const cudaError_t err = sparsekit::run_sparse24_mm(params, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "sparse24_mm kernel launch failed: ", cudaGetErrorString(err));
   return out;
@@ -115,8 +131,9 @@ at::Tensor sparse24_mm(const at::Tensor& x, const at::Tensor& values, const at::
 
 at::Tensor sp24_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                             const std::optional<at::Tensor>& bias, const at::Tensor& workspace, int64_t rows,
-                            int64_t stages) {
+                            int64_t stages, const std::optional<at::Tensor>& perm) {
   const auto [M, N, K] = check_shapes("sp24_linear", x, values, meta, bias, 32);
+  const int32_t* perm_ptr = perm.has_value() ? perm_pointer(perm, x, K) : nullptr;
   TORCH_CHECK(M <= sparsekit::kSp24DecodeMaxM, "sp24_linear is the few-token kernel: M must be <= ",
               sparsekit::kSp24DecodeMaxM, ", got ", M, "; use sp24_mm (or the cublas provider) for more tokens");
   TORCH_CHECK(rows == 0 || rows == 128 || rows == 256, "rows must be 0 (automatic), 128 or 256, got ", rows);
@@ -151,6 +168,7 @@ at::Tensor sp24_linear_cuda(const at::Tensor& x, const at::Tensor& values, const
   p.workspace_bytes = static_cast<int64_t>(workspace.nbytes());
   p.rows = static_cast<int>(rows);
   p.stages = static_cast<int>(stages);
+  p.perm = perm_ptr;
   const cudaError_t err = sparsekit::run_sp24_decode(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "sp24_linear (sp24_decode) launch failed: ", cudaGetErrorString(err),
               err == cudaErrorInvalidValue ? " (stages too many for this GPU's shared memory?)" : "");
@@ -187,15 +205,17 @@ void sp24_decompress_cuda(const at::Tensor& values, const at::Tensor& meta, cons
 
 at::Tensor sp24_linear_meta(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                             const std::optional<at::Tensor>& bias, const at::Tensor& workspace, int64_t rows,
-                            int64_t stages) {
+                            int64_t stages, const std::optional<at::Tensor>& perm) {
   const auto [M, N, K] = check_shapes("sp24_linear", x, values, meta, bias, 32);
+  if (perm.has_value()) CHECK_SHAPE(perm.value(), K);
   TORCH_CHECK(M <= sparsekit::kSp24DecodeMaxM, "sp24_linear: M must be <= ", sparsekit::kSp24DecodeMaxM, ", got ", M);
   return at::empty({M, N}, x.options());
 }
 
 at::Tensor sp24_mm_meta(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                        const std::optional<at::Tensor>& bias) {
+                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& perm) {
   const auto [M, N, K] = check_shapes("sp24_mm", x, values, meta, bias, 64);
+  if (perm.has_value()) CHECK_SHAPE(perm.value(), K);
   return at::empty({M, N}, x.options());
 }
 
@@ -208,8 +228,9 @@ void sp24_decompress_meta(const at::Tensor& values, const at::Tensor& meta, cons
 // The workspace is scratch that every call leaves as it found it (counters back to zero), so the schema does
 // not mark it as mutated: torch.compile then neither clones nor reorders around it. One per stream.
 TORCH_LIBRARY(sparsekit, m) {
-  m.def("sp24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor workspace, int rows=0, int stages=0) -> Tensor");
-  m.def("sp24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+  m.def("sp24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor workspace, int rows=0, int stages=0, "
+        "Tensor? perm=None) -> Tensor");
+  m.def("sp24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? perm=None) -> Tensor");
   m.def("sp24_decompress(Tensor values, Tensor meta, Tensor(a!) out) -> ()");
 }
 
@@ -230,7 +251,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse24_mm", &sparse24_mm,
         "out (M, N) = x (M, K) @ W^T (+ bias) for a 2:4 weight W given as values (N, K/2) and CUTLASS meta (N, K/16), "
         "on sparse tensor cores (mma.sp, sm_80+)",
-        py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias") = py::none());
+        py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias") = py::none(), py::arg("perm") = py::none());
   m.def("sp24_decode_workspace_bytes", &sparsekit::sp24_decode_workspace_bytes,
         "bytes of the sp24_linear workspace for a device with num_sms SMs (allocate zero-filled, one per stream)",
         py::arg("num_sms"));

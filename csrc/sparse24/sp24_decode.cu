@@ -25,6 +25,17 @@
 //   safe), adds the bias and stores. A CTA owns (holds chunk 0 of) at most one split tile, so counters are
 //   indexed by owner CTA. Nobody spins on another CTA, so nothing assumes the grid is co-resident.
 //
+// * Input permutation (kPerm, issue 13 part 3): out = x[:, perm] @ W^T for a weight stored in permuted column
+//   order. cp.async moves only contiguous 4/8/16-byte runs and a permutation scatters single 2-byte columns,
+//   so the producer lanes gather x instead: each lane reads the 8 perm entries of its 16-byte chunk (two
+//   16-byte loads, L1-cached: every tile re-reads them), then per token row 8 two-byte loads x[row, perm[k]]
+//   (x is re-read per tile, from L2/L1), packs them and stores 16 bytes to the same swizzled slot the cp.async
+//   would fill. Those are generic stores, so each producer lane also arrives (release) on the stage's full
+//   barrier after them (count 2 x 64 instead of 64); the consumers' acquire wait sees them. Cost per stage and
+//   token row: 128 two-byte loads + 512 B of perm (L1) against the 32 KB (R = 256) of values and meta the
+//   stage streams; the loads are synchronous in the producer warps, whose latency the stage pipeline hides.
+//   No separate permute pass, no workspace.
+//
 // sm_80 and newer (sm_90 uses mbarrier.try_wait). A TMA / wgmma.sp path and programmatic dependent launch
 // are not written.
 
@@ -102,11 +113,22 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][NT][4], T* __re
     }
 }
 
-template <typename T, int NT, int CW>
+// 16 bytes of row `xr` at the 8 columns perm[k .. k + 8) (k a multiple of 8, perm 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ uint4 gather_x8(const T* __restrict__ xr, const int4 (&cols)[2]) {
+  const uint16_t* row = reinterpret_cast<const uint16_t*>(xr);
+  const uint32_t h0 = __ldg(row + cols[0].x), h1 = __ldg(row + cols[0].y), h2 = __ldg(row + cols[0].z),
+                 h3 = __ldg(row + cols[0].w), h4 = __ldg(row + cols[1].x), h5 = __ldg(row + cols[1].y),
+                 h6 = __ldg(row + cols[1].z), h7 = __ldg(row + cols[1].w);
+  return make_uint4(h0 | (h1 << 16), h2 | (h3 << 16), h4 | (h5 << 16), h6 | (h7 << 16));
+}
+
+template <typename T, int NT, int CW, bool kPerm>
 __global__ void __launch_bounds__(DecodeTile<NT, CW>::kThreads, 1)
 sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ values,
                    const int16_t* __restrict__ meta, const T* __restrict__ bias, T* __restrict__ out, int M, int N,
-                   int K, int stages, int* __restrict__ counters, float* __restrict__ partials) {
+                   int K, int stages, int* __restrict__ counters, float* __restrict__ partials,
+                   const int32_t* __restrict__ perm) {
   using Tile = DecodeTile<NT, CW>;
   constexpr int R = Tile::kRows;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -127,7 +149,7 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      mbar_init(full_bar(bars, s), 32 * kProducerWarps);  // every producer lane
+      mbar_init(full_bar(bars, s), (kPerm ? 2 : 1) * 32 * kProducerWarps);  // every producer lane (twice: gather)
       mbar_init(empty_bar(bars, s), CW); // lane 0 of every consumer warp
     }
   }
@@ -198,7 +220,24 @@ sp24_decode_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restric
           cp_async_16_policy(ms + step * R * 4 + off * 16, src, 16, stream_policy);
         }
       }
-      {  // x: token rows (lane >> 4) + 2 j, 16-byte chunk (lane & 15): 256 B per row; re-read per tile, so kept in L2
+      if constexpr (kPerm) {  // x gathered by perm: 2-byte loads, 16-byte shared stores (see the header)
+        const bool k_ok = k0 + x_chunk * 8 < K;
+        int4 cols[2] = {make_int4(0, 0, 0, 0), make_int4(0, 0, 0, 0)};
+        if (k_ok) {
+          cols[0] = __ldg(reinterpret_cast<const int4*>(perm + k0 + x_chunk * 8));
+          cols[1] = __ldg(reinterpret_cast<const int4*>(perm + k0 + x_chunk * 8) + 1);
+        }
+#pragma unroll
+        for (int jj = 0; jj < NT * 2; ++jj) {
+          const int j = 2 * jj + pw;
+          if (2 * j >= M) break;
+          const int row = x_row0 + 2 * j;
+          const uint4 packed = (k_ok && row < M) ? gather_x8(x + row * x_stride, cols) : make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4*>(stage0 + slot * Tile::kStageBytes + Tile::kValuesBytes + Tile::kMetaBytes +
+                                    row * kXRowBytes + ((x_chunk ^ (row & 7)) << 4)) = packed;
+        }
+        mbar_arrive(full_bar(bars, slot));  // release: the stores above are visible to the consumers' wait
+      } else {  // x: token rows (lane >> 4) + 2 j, 16-byte chunk (lane & 15): 256 B per row; re-read per tile, so kept in L2
         const T* src = x + x_row0 * x_stride + k0 + x_chunk * 8;
         const bool k_ok = k0 + x_chunk * 8 < K;
 #pragma unroll
@@ -345,13 +384,13 @@ int choose_stages(int requested, int max_smem) {
   return stages;
 }
 
-template <typename T, int NT, int CW>
+template <typename T, int NT, int CW, bool kPerm>
 cudaError_t launch_decode(const Sp24DecodeParams& p, cudaStream_t stream) {
   using Tile = DecodeTile<NT, CW>;
   const int stages = choose_stages<NT, CW>(p.stages, p.max_smem_optin);
   if (stages < 2 || (p.stages > 0 && stages != p.stages)) return cudaErrorInvalidValue;
   const int smem = kHeaderBytes + stages * Tile::kStageBytes;
-  auto kernel = sp24_decode_kernel<T, NT, CW>;
+  auto kernel = sp24_decode_kernel<T, NT, CW, kPerm>;
   static int opted_in[kMaxDevices] = {};  // bytes of dynamic shared memory this kernel may use, per device
   if (p.device < 0 || p.device >= kMaxDevices || opted_in[p.device] < smem) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -364,15 +403,21 @@ cudaError_t launch_decode(const Sp24DecodeParams& p, cudaStream_t stream) {
   float* partials = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + sp24_decode_flag_bytes(p.num_sms));
   kernel<<<grid, Tile::kThreads, smem, stream>>>(static_cast<const T*>(p.x), p.x_row_stride,
                                                  static_cast<const T*>(p.values), p.meta, static_cast<const T*>(p.bias),
-                                                 static_cast<T*>(p.out), p.M, p.N, p.K, stages, counters, partials);
+                                                 static_cast<T*>(p.out), p.M, p.N, p.K, stages, counters, partials, p.perm);
   return cudaGetLastError();
+}
+
+template <typename T, int NT, int CW>
+cudaError_t dispatch_perm(const Sp24DecodeParams& p, cudaStream_t stream) {
+  if (p.perm != nullptr) return launch_decode<T, NT, CW, true>(p, stream);
+  return launch_decode<T, NT, CW, false>(p, stream);
 }
 
 template <typename T, int NT>
 cudaError_t dispatch_rows(const Sp24DecodeParams& p, cudaStream_t stream) {
   const int rows = p.rows > 0 ? p.rows : (NT >= 4 ? 256 : 128);
-  if (rows == 256) return launch_decode<T, NT, 8>(p, stream);
-  if (rows == 128) return launch_decode<T, NT, 4>(p, stream);
+  if (rows == 256) return dispatch_perm<T, NT, 8>(p, stream);
+  if (rows == 128) return dispatch_perm<T, NT, 4>(p, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -23,6 +23,7 @@ struct Sparse24MmParams {
   Sparse24Dtype dtype;
   int num_sms;
   int device;  // CUDA device index (per-device one-time kernel attributes)
+  const int32_t* perm = nullptr;  // (K,) input permutation, 16-byte aligned: out = x[:, perm] @ W^T; nullptr: none
 };
 
 // Launches on `stream`; returns the launch status (the caller turns it into an exception).
@@ -52,6 +53,7 @@ struct Sp24DecodeParams {
   int64_t workspace_bytes;
   int rows;    // weight rows per CTA tile: 128 or 256; 0 chooses by M
   int stages;  // pipeline stages 2..8; 0 chooses by the shared memory and the bytes-in-flight target
+  const int32_t* perm = nullptr;  // (K,) input permutation, 16-byte aligned: out = x[:, perm] @ W^T; nullptr: none
 };
 
 int64_t sp24_decode_flag_bytes(int num_sms);

@@ -17,6 +17,13 @@
 // (BN/WARPS_N/16) x (BM/WARPS_M/8) mma.sp per 32 of K. The epilogue adds the bias in fp32, converts, and
 // stages the tile through shared memory for 16-byte coalesced stores.
 //
+// Input permutation (kPerm): out = x[:, perm] @ W^T, the weight stored in permuted column order. A permutation
+// scatters single 2-byte columns, which cp.async (4/8/16-byte runs) cannot gather, so load_stage reads the
+// x tile with 2-byte loads through perm (8 per 16-byte chunk, perm itself as two 16-byte L1-cached loads)
+// and writes it to shared memory with one 16-byte store; the __syncthreads that publishes each stage covers
+// these generic stores. Cost: BM x 64 two-byte loads per stage (32 per thread for the 128 x 128 tile) that
+// are synchronous in load_stage, against the 4 KB of values the stage streams; no separate pass over x.
+//
 // This is the sm_80 instruction; on sm_90 it runs on Hopper's tensor cores at the legacy (mma.sync) rate.
 // A wgmma.sp (sm_90a) version is not written yet.
 
@@ -67,11 +74,21 @@ struct TileConfig {
   static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 };
 
-template <typename T, typename Cfg>
+// 16 bytes of row `xr` at the 8 columns perm[k .. k + 8) (k a multiple of 8, perm 16-byte aligned).
+__device__ __forceinline__ uint4 gather_x8(const void* xr, const int32_t* __restrict__ perm8) {
+  const uint16_t* row = static_cast<const uint16_t*>(xr);
+  const int4 c0 = __ldg(reinterpret_cast<const int4*>(perm8));
+  const int4 c1 = __ldg(reinterpret_cast<const int4*>(perm8) + 1);
+  const uint32_t h0 = __ldg(row + c0.x), h1 = __ldg(row + c0.y), h2 = __ldg(row + c0.z), h3 = __ldg(row + c0.w),
+                 h4 = __ldg(row + c1.x), h5 = __ldg(row + c1.y), h6 = __ldg(row + c1.z), h7 = __ldg(row + c1.w);
+  return make_uint4(h0 | (h1 << 16), h2 | (h3 << 16), h4 | (h5 << 16), h6 | (h7 << 16));
+}
+
+template <typename T, typename Cfg, bool kPerm>
 __global__ void __launch_bounds__(Cfg::kThreads)
 sparse24_mm_kernel(const T* __restrict__ x, int64_t x_row_stride, const T* __restrict__ values,
                    const int16_t* __restrict__ meta, const T* __restrict__ bias, T* __restrict__ out,
-                   int M, int N, int K) {
+                   int M, int N, int K, const int32_t* __restrict__ perm) {
   constexpr int BN = Cfg::BN, BM = Cfg::BM, STAGES = Cfg::STAGES, kThreads = Cfg::kThreads;
   constexpr int kGroups = Cfg::kGroups;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -108,8 +125,13 @@ sparse24_mm_kernel(const T* __restrict__ x, int64_t x_row_stride, const T* __res
     for (int i = tid; i < BM * 8; i += kThreads) {
       const int row = i / 8, chunk = i % 8;
       const bool ok = m0 + row < M;
-      const T* src = x + (ok ? (m0 + row) * x_row_stride + k0 + chunk * 8 : 0);
-      cp_async_16(smem_addr(xs + row * kXStride + chunk * 8), src, ok);
+      if constexpr (kPerm) {
+        *reinterpret_cast<uint4*>(xs + row * kXStride + chunk * 8) =
+            ok ? gather_x8(x + (m0 + row) * x_row_stride, perm + k0 + chunk * 8) : make_uint4(0, 0, 0, 0);
+      } else {
+        const T* src = x + (ok ? (m0 + row) * x_row_stride + k0 + chunk * 8 : 0);
+        cp_async_16(smem_addr(xs + row * kXStride + chunk * 8), src, ok);
+      }
     }
     // meta: for each of the 2 K halves of 32 and each 32-row group, 128 contiguous bytes
     for (int i = tid; i < (kBK / 32) * kGroups * 8; i += kThreads) {
@@ -212,9 +234,9 @@ sparse24_mm_kernel(const T* __restrict__ x, int64_t x_row_stride, const T* __res
   }
 }
 
-template <typename T, typename Cfg>
-cudaError_t launch(const Sparse24MmParams& p, cudaStream_t stream) {
-  auto kernel = sparse24_mm_kernel<T, Cfg>;
+template <typename T, typename Cfg, bool kPerm>
+cudaError_t launch_kernel(const Sparse24MmParams& p, cudaStream_t stream) {
+  auto kernel = sparse24_mm_kernel<T, Cfg, kPerm>;
   // The shared-memory opt-in is per device; set it once per device, not on every call.
   static bool opted_in[kMaxDevices] = {};
   if (p.device < 0 || p.device >= kMaxDevices || !opted_in[p.device]) {
@@ -225,8 +247,14 @@ cudaError_t launch(const Sparse24MmParams& p, cudaStream_t stream) {
   const dim3 grid((p.N + Cfg::BN - 1) / Cfg::BN, (p.M + Cfg::BM - 1) / Cfg::BM);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(
       static_cast<const T*>(p.x), p.x_row_stride, static_cast<const T*>(p.values), p.meta,
-      static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.M, p.N, p.K);
+      static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.M, p.N, p.K, p.perm);
   return cudaGetLastError();
+}
+
+template <typename T, typename Cfg>
+cudaError_t launch(const Sparse24MmParams& p, cudaStream_t stream) {
+  if (p.perm != nullptr) return launch_kernel<T, Cfg, true>(p, stream);
+  return launch_kernel<T, Cfg, false>(p, stream);
 }
 
 // 128 weight rows x 128 tokens, 8 warps as 2 x 4 (warp tile 64 x 32), 4 stages: 116 KB of shared memory.

@@ -1,4 +1,5 @@
-"""sparse24_matmul on CUDA. Providers, each impl(x2d (M, K), values, meta, bias) -> (M, N):
+"""sparse24_matmul on CUDA. Providers, each impl(x2d (M, K), values, meta, bias, perm=None) -> (M, N)
+(perm (K,) int32: x2d[:, perm] is multiplied; "cuda" gathers it in its kernels' x loads, the others index_select):
 
   "cuda"        sparsekit's kernels (csrc/sparse24): sp24_decode (persistent, stream-K mma.sp) for M <= 64,
                 the tiled mma.sp kernel (sp24_mm) above. Reads values and the CUTLASS meta as they are.
@@ -107,24 +108,31 @@ def _aligned_x(x2d: torch.Tensor) -> torch.Tensor:
     return x2d
 
 
+def _kernel_perm(perm: torch.Tensor | None) -> torch.Tensor | None:
+    if perm is None or (perm.dtype == torch.int32 and perm.is_contiguous()):
+        return perm
+    return perm.to(torch.int32).contiguous()
+
+
 def sparse24_decode(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
-                    *, rows: int = 0, stages: int = 0) -> torch.Tensor:
-    """sp24_decode (M <= 64): rows 128/256 and stages 2..8 pick a configuration (0: automatic)."""
+                    *, rows: int = 0, stages: int = 0, perm: torch.Tensor | None = None) -> torch.Tensor:
+    """sp24_decode (M <= 64): rows 128/256 and stages 2..8 pick a configuration (0: automatic); perm gathers x."""
     _check_16bit(x2d, "CUDA mma.sp kernel")
     _ext()  # registers torch.ops.sparsekit
     return torch.ops.sparsekit.sp24_linear(_aligned_x(x2d), values.contiguous(), meta.contiguous(),
                                            bias.contiguous() if bias is not None else None,
-                                           decode_workspace(x2d.device), rows, stages)
+                                           decode_workspace(x2d.device), rows, stages, _kernel_perm(perm))
 
 
-def sparse24_matmul_cuda(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """sparsekit's mma.sp kernels: sp24_decode for M <= 64, the tiled sp24_mm above."""
+def sparse24_matmul_cuda(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                         perm: torch.Tensor | None = None) -> torch.Tensor:
+    """sparsekit's mma.sp kernels: sp24_decode for M <= 64, the tiled sp24_mm above (both gather x by perm)."""
     _check_16bit(x2d, "CUDA mma.sp kernel")
     if x2d.shape[0] <= DECODE_MAX_M and x2d.shape[1] % 32 == 0:
-        return sparse24_decode(x2d, values, meta, bias)
+        return sparse24_decode(x2d, values, meta, bias, perm=perm)
     _ext()
     return torch.ops.sparsekit.sp24_mm(_aligned_x(x2d), values.contiguous(), meta.contiguous(),
-                                       bias.contiguous() if bias is not None else None)
+                                       bias.contiguous() if bias is not None else None, _kernel_perm(perm))
 
 
 def decompress_into_scratch(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
@@ -143,16 +151,21 @@ def decompress_into_scratch(values: torch.Tensor, meta: torch.Tensor) -> torch.T
     return out
 
 
-def sparse24_matmul_cublas(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def sparse24_matmul_cublas(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
+                           perm: torch.Tensor | None = None) -> torch.Tensor:
     """cuBLAS (F.linear) on the weight decompressed into the reusable scratch (no per-weight dense copy)."""
+    if perm is not None:
+        x2d = x2d.index_select(1, perm)
     return F.linear(x2d, decompress_into_scratch(values, meta), bias)
 
 
 def sparse24_matmul_cusparselt(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
-                               *, alg_id: int = 0) -> torch.Tensor:
+                               perm: torch.Tensor | None = None, *, alg_id: int = 0) -> torch.Tensor:
     """torch._cslt_sparse_mm, computing (W @ x^T)^T with the transpose fused. Compresses W on every call
     (no blob cache) and torch plans on every call: for comparisons, not for inference."""
     _check_16bit(x2d, "cuSPARSELt provider")
+    if perm is not None:
+        x2d = x2d.index_select(1, perm)
     blob = torch._cslt_compress(decompress_into_scratch(values, meta))
     m = x2d.shape[0]
     pad = -m % CUSPARSELT_MIN_ROWS

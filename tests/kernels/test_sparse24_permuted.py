@@ -12,7 +12,7 @@ from torch import nn
 
 from sparsekit import ops
 from sparsekit.nn import SparseLinear24
-from tests.helpers import DTYPES, KERNEL_DEVICE, needs_triton
+from tests.helpers import DTYPES, KERNEL_DEVICE, needs_cuda, needs_triton, require_cuda_extension
 from tests.kernels.test_sparse24_matmul import InterpretedKernel, assert_matches, make_x, random_24
 
 
@@ -155,3 +155,24 @@ def test_permuted_layer_gaussian_within_tolerance(dtype):
     sparse = SparseLinear24.from_linear(linear, perm=perm, backend="triton").to(KERNEL_DEVICE)
     x = make_x(5, k, dtype, KERNEL_DEVICE)
     assert_matches(sparse(x), x, linear.weight.to(KERNEL_DEVICE), linear.bias.to(KERNEL_DEVICE))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("m,shape", [(1, (256, 4096)), (7, (96, 320)), (33, (512, 1024)), (64, (64, 576)),
+                                     (100, (256, 1024))])
+@pytest.mark.parametrize("provider", ["cuda", "cublas", "triton"])
+def test_gpu_providers_gather_by_perm(provider, m, shape, dtype):
+    """On a GPU: sp24_decode (M <= 64) and sp24_mm (above) gather x by perm in their x loads; cublas index_selects."""
+    if provider == "cuda":
+        require_cuda_extension()
+    n, k = shape
+    w = random_24(n, k, dtype, "cuda", seed=m + n)
+    values, meta = ops.compress_24(w)
+    perm = perm_of(k, seed=m).cuda()
+    for layout, with_bias in [("contiguous", True), ("row_slice", False)]:
+        x = make_x(m, k, dtype, "cuda", layout, seed=m)
+        bias = torch.randn(n, device="cuda").to(dtype) if with_bias else None
+        out = ops.sparse24_matmul(x, values, meta, bias, perm=perm, backend=provider)
+        torch.cuda.synchronize()
+        assert_matches(out, x[:, perm], w, bias)
