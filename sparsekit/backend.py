@@ -56,14 +56,14 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
         "torch": "sparsekit.torch_backend.dsnot_exact:dsnot_exact",
         "triton": "sparsekit.triton_kernels.dsnot_exact:dsnot_exact",
     },
-    # BESA masked linear, see sparsekit.ops.besa: forward(x2d, weight, ranks, counts) -> y2d;
+    # BESA masked linear, see sparsekit.ops.besa_masked_linear: forward(x2d, weight, ranks, counts) -> y2d;
     # backward(grad_y2d, x2d, weight, ranks, counts, bucket_of_rank, K, need_grad_x) -> (grad_x | None, bins)
     "besa_masked_linear_forward": {
-        "torch": "sparsekit.torch_backend.besa_mask:besa_masked_linear_forward",
+        "torch": "sparsekit.torch_backend.besa_masked_linear:besa_masked_linear_forward",
         "triton": "sparsekit.triton_kernels.besa_masked_linear:besa_masked_linear_forward",
     },
     "besa_masked_linear_backward": {
-        "torch": "sparsekit.torch_backend.besa_mask:besa_masked_linear_backward",
+        "torch": "sparsekit.torch_backend.besa_masked_linear:besa_masked_linear_backward",
         "triton": "sparsekit.triton_kernels.besa_masked_linear:besa_masked_linear_backward",
     },
     # optimal weight updates on a mask and the ADMM/ALPS mask-selecting methods, see sparsekit.ops.reconstruct

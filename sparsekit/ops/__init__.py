@@ -5,7 +5,9 @@ Masks are bool tensors with True = kept; sparsity is the fraction pruned. Every 
 Inputs are checked in these wrappers once, so each backend implementation can assume valid
 arguments. One file per family of ops; this module re-exports them all.
 """
-from sparsekit.ops.besa import besa_masked_linear, row_ranks
+from sparsekit.ops.besa_masked_linear import (besa_masked_linear, candidate_prune_counts, candidate_sparsities,
+                                             expected_sparsity, prune_counts, rank_buckets, reachable_sparsity,
+                                             row_ranks, sparsity_probabilities, target_log_prior)
 from sparsekit.ops.dsnot import dsnot
 from sparsekit.ops.permutation import nm_permutation, permuted_nm_mask
 from sparsekit.ops.reconstruct import admm_prune, alps_prune, reconstruct
@@ -30,6 +32,15 @@ __all__ = [
     "alps_prune",
     "besa_masked_linear",
     "row_ranks",
+    # BESA's parametrisation of learned sparsity (candidates, probabilities, prune counts), see ops/besa_masked_linear.py
+    "candidate_sparsities",
+    "candidate_prune_counts",
+    "rank_buckets",
+    "sparsity_probabilities",
+    "expected_sparsity",
+    "prune_counts",
+    "target_log_prior",
+    "reachable_sparsity",
     "compress_24",
     "decompress_24",
     "to_bitmask_24",

@@ -30,7 +30,7 @@ from sparsekit import ops
 from sparsekit.allocation.budget import budget_count, project_row_counts
 from sparsekit.ops.dsnot import DEFAULT_MODE as DSNOT_DEFAULT_MODE
 from sparsekit.pipeline.capture import block_output
-from sparsekit.ops.besa import expected_sparsity, prune_counts, reachable_sparsity, target_log_prior
+from sparsekit.ops.besa_masked_linear import expected_sparsity, prune_counts, reachable_sparsity, target_log_prior
 from sparsekit.pruners.base import BlockContext, LayerResult, Pruner
 from sparsekit.torch_backend.sparsegpt import _inverse_cholesky
 

@@ -1,10 +1,10 @@
 """BESA's masked linear (torch backend and fused Triton kernel) against a port of the official
-LLMPrune-BESA `SparseLinear` (sort indices + [K x cols] probability map + straight-through mask)."""
+LLMPrune-BESA `SparseLinear` (sort indices + [K x cols] probability map + straight-through mask).
+The op's own contract (parametrisation, input checks) is tested in tests/ops/test_besa_masked_linear.py."""
 import pytest
 import torch
 
 from sparsekit import ops
-from sparsekit.ops import besa
 from tests.helpers import DTYPES, KERNEL_DEVICE, needs_triton
 
 BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
@@ -18,7 +18,7 @@ def official_masked_linear(x, weight, score, logits, sigmoid=True, prior=None):
     rows, cols = weight.shape
     K = logits.shape[1]
     probs = ((logits.sigmoid() if sigmoid else logits) + (0 if prior is None else prior)).softmax(dim=-1)
-    s = probs @ besa.candidate_sparsities(K)
+    s = probs @ ops.candidate_sparsities(K)
     sort_indices = torch.sort(score, dim=-1, stable=True)[1]
     prob_map = torch.zeros(K, cols)
     for k in range(K):
@@ -67,7 +67,7 @@ def reference_grads(x, weight, score, logits, sigmoid=True, prior=None):
 @pytest.mark.parametrize("sigmoid, prior", [(True, None), (False, None), (True, 0.7)])
 def test_matches_official_formulation_fp32(backend, rows, cols, tokens, per_row, sigmoid, prior):
     x, weight, score, logits = problem(rows, cols, tokens, per_row, KERNEL_DEVICE)
-    prior = None if prior is None else besa.target_log_prior(prior).to(KERNEL_DEVICE)
+    prior = None if prior is None else ops.target_log_prior(prior).to(KERNEL_DEVICE)
     y, gx, gl = run_op(x, weight, ops.row_ranks(score), logits, backend, sigmoid, prior)
     ref_y, ref_gx, ref_gl = reference_grads(x, weight, score, logits, sigmoid, prior)
     torch.testing.assert_close(y.cpu(), ref_y, rtol=1e-4, atol=1e-4)
@@ -85,7 +85,7 @@ def test_half_precision_error_is_bounded_by_torch(backend, dtype, rows, cols, to
     ranks = ops.row_ranks(score)
     y, gx, gl = run_op(x, weight, ranks, logits, backend)
     ref_y, ref_gx, ref_gl = reference_grads(x, weight, score, logits)
-    keep = ranks >= besa.prune_counts(logits, rows, cols).unsqueeze(1)
+    keep = ranks >= ops.prune_counts(logits, rows, cols).unsqueeze(1)
     masked = (weight * keep).to(dtype)
     plain_y = (x @ masked.t()).float().cpu()
     torch.manual_seed(1)
@@ -116,7 +116,7 @@ def test_hard_mask_in_forward_and_bias(backend):
     ranks = ops.row_ranks(score)
     bias = torch.randn(9, device=KERNEL_DEVICE)
     y = ops.besa_masked_linear(x, weight, ranks, logits, bias, backend=backend)
-    counts = besa.prune_counts(logits, 9, 20)
+    counts = ops.prune_counts(logits, 9, 20)
     keep = ranks >= counts.unsqueeze(1)
     assert torch.equal((~keep).sum(1).to(torch.int32), counts)
     torch.testing.assert_close(y, x @ (weight * keep).t() + bias, rtol=1e-5, atol=1e-5)
@@ -130,39 +130,3 @@ def test_no_input_gradient_when_x_is_constant(backend):
     y.square().sum().backward()
     assert logits.grad.shape == (1, 101) and torch.isfinite(logits.grad).all()
 
-
-def test_candidates_and_buckets():
-    c = besa.candidate_sparsities(101)
-    assert c[0] == 1 and c[-1] == 0 and torch.allclose(c[:3], torch.tensor([1.0, 0.99, 0.98]))
-    for cols in (1, 7, 100, 576, 1536):
-        tau = besa.candidate_prune_counts(cols, 101)
-        assert tau.tolist() == [((100 - k) * cols) // 100 for k in range(101)]
-        buckets = besa.rank_buckets(cols, 101)
-        for t in range(cols):
-            assert buckets[t] == min(k for k in range(101) if tau[k] <= t)
-
-
-def test_row_ranks_break_ties_by_column():
-    score = torch.tensor([[1.0, 0.5, 1.0, 0.2], [2.0, 2.0, 2.0, 2.0]])
-    assert ops.row_ranks(score).tolist() == [[2, 1, 3, 0], [0, 1, 2, 3]]
-
-
-def test_bad_inputs_raise_clear_errors():
-    x, weight, score, logits = problem(4, 8, 3, True)
-    ranks = ops.row_ranks(score)
-    with pytest.raises(ValueError, match="int32"):
-        ops.besa_masked_linear(x, weight, ranks.long(), logits)
-    with pytest.raises(ValueError, match="logits must be float32"):
-        ops.besa_masked_linear(x, weight, ranks, logits[:3])
-    with pytest.raises(ValueError, match="logits must be float32"):
-        ops.besa_masked_linear(x, weight, ranks, logits.double())
-    with pytest.raises(TypeError, match="share a dtype"):
-        ops.besa_masked_linear(x.bfloat16(), weight, ranks, logits)
-    with pytest.raises(ValueError, match="last dim"):
-        ops.besa_masked_linear(x[..., :5], weight, ranks, logits)
-    with pytest.raises(ValueError, match="bias"):
-        ops.besa_masked_linear(x, weight, ranks, logits, torch.zeros(5))
-    with pytest.raises(ValueError, match="log_prior"):
-        ops.besa_masked_linear(x, weight, ranks, logits, log_prior=torch.zeros(7))
-    with pytest.raises(ValueError, match="num_candidates"):
-        besa.candidate_sparsities(1)

@@ -7,7 +7,7 @@ from sparsekit import PruneConfig
 from sparsekit.allocation.budget import apportion, budget_count, project_row_counts
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
-from sparsekit.ops.besa import expected_sparsity, reachable_sparsity, target_log_prior
+from sparsekit.ops import expected_sparsity, reachable_sparsity, target_log_prior
 from sparsekit.pruners import make_pruner
 from sparsekit.pruners.besa import _reconstruction_loss
 from tests.helpers import needs_triton, tiny_gpt2, tiny_llama, tiny_opt
