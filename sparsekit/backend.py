@@ -46,6 +46,7 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "sparsegpt": {
         "torch": "sparsekit.torch_backend.sparsegpt:sparsegpt",
     },
+    "sparsegpt_saliency": {"torch": "sparsekit.torch_backend.sparsegpt:sparsegpt_saliency"},
     # DSnoT swaps, see sparsekit.ops.dsnot (inputs prepared there so both backends agree exactly)
     "dsnot": {
         "torch": "sparsekit.torch_backend.dsnot:dsnot",

@@ -12,7 +12,7 @@ from sparsekit.ops.dsnot import dsnot
 from sparsekit.ops.permutation import nm_permutation, permuted_nm_mask
 from sparsekit.ops.reconstruct import admm_prune, alps_prune, reconstruct
 from sparsekit.ops.selection import magnitude_score, select_mask, wanda_mask, wanda_score
-from sparsekit.ops.sparsegpt import sparsegpt
+from sparsekit.ops.sparsegpt import sparsegpt, sparsegpt_saliency
 from sparsekit.ops.sparse24 import compress_24, decompress_24, from_bitmask_24, sparse24_matmul, to_bitmask_24
 from sparsekit.ops.stats import ActivationStats, HessianStats
 
@@ -24,6 +24,7 @@ __all__ = [
     "select_mask",
     "wanda_mask",
     "sparsegpt",
+    "sparsegpt_saliency",
     "dsnot",
     "nm_permutation",
     "permuted_nm_mask",

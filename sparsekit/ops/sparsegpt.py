@@ -1,4 +1,4 @@
-"""SparseGPT's OBS prune-and-update as an op."""
+"""SparseGPT's OBS prune-and-update, and its saliency w^2 / diag(H^-1), as ops."""
 from __future__ import annotations
 
 import torch
@@ -42,3 +42,17 @@ def sparsegpt(
     return _backend.call(
         "sparsegpt", backend, weight.device, weight, hessian, sparsity, n, m, blocksize, percdamp, keep_pruned_values
     )
+
+
+def sparsegpt_saliency(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float = 0.01, *,
+                       backend: str | None = None) -> torch.Tensor:
+    """SparseGPT's saliency of each weight, w_ij^2 / [H^-1]_jj (float32, weight's shape): the OBS error of
+    pruning it alone. H is damped as in `sparsegpt` (percdamp * mean(diag H) on the diagonal; never-active
+    inputs, diag 0, get 1); a low saliency prunes first."""
+    check_weight(weight)
+    check_tensor(hessian, "hessian", ndim=2)
+    check_square(hessian, "hessian", weight.shape[1])
+    check_same_device(weight=weight, hessian=hessian)
+    if not percdamp > 0:
+        raise ValueError(f"percdamp must be > 0, got {percdamp}")
+    return _backend.call("sparsegpt_saliency", backend, weight.device, weight, hessian, percdamp)

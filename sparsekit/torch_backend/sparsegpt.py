@@ -40,6 +40,12 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
     )
 
 
+def sparsegpt_saliency(weight, hessian, percdamp):
+    """w^2 / diag(H^-1), with diag(H^-1)_j = sum_i U_ij^2 for H^-1 = U^T U."""
+    upper = _inverse_cholesky(hessian, percdamp)
+    return weight.float().square() / upper.square().sum(dim=0).unsqueeze(0)
+
+
 def sparsegpt(weight, hessian, sparsity, n, m, blocksize=128, percdamp=0.01, keep_pruned_values=False):
     rows, cols = weight.shape
     W = weight.float().clone()

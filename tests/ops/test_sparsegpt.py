@@ -101,3 +101,29 @@ def test_sparsegpt_preserves_dtype_and_checks_shapes():
         ops.sparsegpt(W, H[:8, :8], 0.5)
     with pytest.raises(ValueError, match="multiple of m"):
         ops.sparsegpt(W, H, n=2, m=4, blocksize=6)
+
+
+@pytest.mark.parametrize("rows,cols,dead", [(7, 13, 0), (33, 64, 3), (1, 5, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparsegpt_saliency_is_w2_over_the_damped_inverse_hessians_diagonal(rows, cols, dead, dtype):
+    torch.manual_seed(rows * cols + dead)
+    W = torch.randn(rows, cols).to(dtype)
+    X = torch.randn(4 * cols, cols)
+    X[:, :dead] = 0  # never-active inputs: diag H = 0, SparseGPT sets it to 1 before damping
+    H = X.T @ X / X.shape[0]
+    percdamp = 0.05
+    h = H.double().clone()
+    h[range(dead), range(dead)] = 1.0
+    h.diagonal().add_(percdamp * h.diagonal().mean())
+    expected = W.double().square() / torch.linalg.inv(h).diagonal()
+    saliency = ops.sparsegpt_saliency(W, H, percdamp)
+    assert saliency.dtype == torch.float32 and saliency.shape == (rows, cols)
+    torch.testing.assert_close(saliency.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_sparsegpt_saliency_checks_its_inputs():
+    W, H = torch.randn(4, 6), torch.eye(6)
+    with pytest.raises(ValueError, match="hessian"):
+        ops.sparsegpt_saliency(W, torch.eye(5))
+    with pytest.raises(ValueError, match="percdamp"):
+        ops.sparsegpt_saliency(W, H, 0.0)
