@@ -10,9 +10,11 @@ mask, the kept weights are set to minimise the layer's output error on the calib
 (sparsekit.ops.reconstruct, from the dense weights; "alps" starts its CG from the method's own
 weights when it changes them, e.g. SparseGPT's).
 
-With `ctx.permute` (N:M only, methods defined by a score: `score_layer`), each group of layers reading the
-same input (q/k/v, gate/up) gets one input-channel permutation maximising the sum of their kept scores
-(sparsekit.ops.nm_permutation) and an N:M mask along the permuted columns, in the original order.
+With `ctx.permute` (N:M only), each group of layers reading the same input (q/k/v, gate/up) gets one
+input-channel permutation maximising the sum of their kept scores (sparsekit.ops.nm_permutation, on
+`permutation_score`) and an N:M mask along the permuted columns, in the original order: for methods defined
+by a score (`score_layer`) the N:M selection of the score; for SparseGPT, ADMM, ALPS and DSnoT the method run
+on the permuted problem and mapped back (exact, see sparsekit.pruners.permuted).
 """
 from __future__ import annotations
 
@@ -51,9 +53,34 @@ class Pruner:
         raise NotImplementedError
 
     @property
+    def score_defined(self) -> bool:
+        """Whether this method's mask is the N:M / top-k selection of `score_layer`."""
+        return type(self).score_layer is not Pruner.score_layer
+
+    @property
     def permutable(self) -> bool:
-        """Whether channel permutation applies: the mask is an N:M selection of `score_layer`, chosen layer by layer."""
-        return type(self).score_layer is not Pruner.score_layer and type(self).prune_block is Pruner.prune_block
+        """Whether channel permutation applies: masks chosen layer by layer (the base's per-layer loop) by a method
+        with a permutation score (see sparsekit.pruners.permuted)."""
+        from sparsekit.pruners.permuted import can_permute
+
+        return self.takes_update and can_permute(self)
+
+    def permutation_score(self, layer: LayerView, stats: LayerStats, backend: str | None) -> torch.Tensor:
+        """The (out, in) saliency the input permutation maximises the kept sum of (score_layer for score methods)."""
+        from sparsekit.pruners.permuted import permutation_score
+
+        return permutation_score(self, layer, stats, backend)
+
+    def prune_permuted(self, layer: LayerView, stats: LayerStats, target: LayerTarget, perm: torch.Tensor,
+                       backend: str | None) -> LayerResult:
+        """This method's result with its N:M groups along the input permutation `perm`, in the original order."""
+        from sparsekit import ops
+        from sparsekit.pruners.permuted import prune_on_permuted_problem
+
+        if not self.score_defined:
+            return prune_on_permuted_problem(self, layer, stats, target, perm, backend)
+        score = self.score_layer(layer, stats, backend)
+        return LayerResult(ops.permuted_nm_mask(score, perm, target.n, target.m, backend=backend), perm=perm)
 
     def permutations(self, ctx: BlockContext, stats: dict[str, LayerStats]) -> dict[str, torch.Tensor]:
         """layer -> input permutation: one per group of N:M layers reading the same input, from their stacked scores."""
@@ -67,7 +94,7 @@ class Pruner:
         perms = {}
         for (_, n, m), views in groups.items():
             # rows stacked: the kept score of the stack is the sum of the layers' kept scores
-            score = torch.cat([self.score_layer(v, stats[v.name], ctx.backend) for v in views])
+            score = torch.cat([self.permutation_score(v, stats[v.name], ctx.backend) for v in views])
             perm = ops.nm_permutation(score, n, m, backend=ctx.backend)
             perms.update({v.name: perm for v in views})
         return perms
@@ -109,12 +136,8 @@ class Pruner:
             before = ctx.timer.seconds["masks"] + ctx.timer.seconds.get("update", 0.0)
             with ctx.timer("masks"):
                 if view.name in perms:
-                    from sparsekit import ops
-
-                    target = ctx.targets[view.name]
-                    score = self.score_layer(view, stats[view.name], ctx.backend)
-                    result = LayerResult(ops.permuted_nm_mask(score, perms[view.name], target.n, target.m,
-                                                              backend=ctx.backend), perm=perms[view.name])
+                    result = self.prune_permuted(view, stats[view.name], ctx.targets[view.name], perms[view.name],
+                                                 ctx.backend)
                 else:
                     result = self.prune_layer(view, stats[view.name], ctx.targets[view.name], ctx.backend)
             if update:

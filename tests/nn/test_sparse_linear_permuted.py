@@ -124,7 +124,7 @@ def test_permute_refusals():
         sparsekit.PruneConfig(method="wanda", pattern="2:4", sparsity=None, permute=True, checkpoint_dir="x")
     calib = torch.randint(0, 256, (2, 16))
     with pytest.raises(ValueError, match="permute does not apply"):
-        sparsekit.prune(tiny_llama(), calib, sparsekit.PruneConfig(method="sparsegpt", pattern="2:4", sparsity=None, permute=True))
+        sparsekit.prune(tiny_llama(), calib, sparsekit.PruneConfig(method="besa", pattern="2:4", sparsity=None, permute=True))
 
 
 def test_gpt2_conv1d_layers_permuted():
