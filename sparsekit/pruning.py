@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -30,7 +31,7 @@ from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS, select_layers
 from sparsekit.nn.sparse_linear import INPUT_PERMUTATION_ATTR
 from sparsekit.pipeline import distributed
-from sparsekit.pipeline.block import BlockContext, LayerTarget
+from sparsekit.pipeline.block import BlockContext, LayerTarget, walk_blocks
 from sparsekit.pipeline.capture import capture_inputs
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
 from sparsekit.pipeline.placement import DiskStream, module_device, non_block_modules, on_device, plan_placement
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 class PruneConfig:
     """
     method:      "magnitude" | "wanda" | "sparsegpt" | … (see sparsekit.pruners.PRUNERS)
-    sparsity:    fraction pruned, or {layer name or "re:<regex>": fraction}; None with N:M = n/m
+    sparsity:    fraction pruned, or {layer name or "re:<regex>": fraction}; None: 0.5 unstructured, n/m with N:M
+                 (an N:M pattern has no other default)
     pattern:     "unstructured" or "N:M" ("2:4", "4:8", …)
     targets / ignore: class names or "re:<regex>" over module names (llm-compressor style)
     method_options: the method's own options (e.g. {"blocksize": 128} for sparsegpt)
@@ -64,7 +66,7 @@ class PruneConfig:
     """
 
     method: str = "wanda"
-    sparsity: float | Mapping[str, float] | None = 0.5
+    sparsity: float | Mapping[str, float] | None = None
     pattern: str = "unstructured"
     targets: Sequence[str] = DEFAULT_TARGETS
     ignore: Sequence[str] = DEFAULT_IGNORE
@@ -82,8 +84,13 @@ class PruneConfig:
 
     def __post_init__(self):
         self.n, self.m = parse_pattern(self.pattern)
+        if self.sparsity is None and not self.m:
+            self.sparsity = 0.5
         if self.offload not in ("auto", "none", "cpu", "disk"):
             raise ValueError(f"offload must be auto, none, cpu or disk, got {self.offload!r}")
+        if self.offload == "disk" and not self.checkpoint_dir:
+            raise ValueError("offload='disk' writes each pruned block to the run checkpoint: pass checkpoint_dir "
+                             "(--checkpoint-dir DIR)")
         if self.max_gpu_memory is not None and not self.max_gpu_memory > 0:
             raise ValueError(f"max_gpu_memory must be a positive number of GiB, got {self.max_gpu_memory}")
         if self.batch_size < 1:
@@ -94,10 +101,7 @@ class PruneConfig:
             check_regexes(self.sparsity.keys(), "sparsity")
             for key, value in self.sparsity.items():
                 check_sparsity(value)
-        elif self.sparsity is None:
-            if not self.m:
-                raise ValueError("sparsity is required for unstructured pruning")
-        else:
+        elif self.sparsity is not None:
             self.sparsity = check_sparsity(self.sparsity)
         if self.m and self.sparsity is not None:
             values = self.sparsity.values() if isinstance(self.sparsity, Mapping) else [self.sparsity]
@@ -113,6 +117,18 @@ class PruneConfig:
         if self.permute and self.checkpoint_dir:
             raise ValueError("permute keeps each layer's permutation in memory only (a resumed run would lose it); "
                              "drop checkpoint_dir (--checkpoint-dir) or permute")
+
+    def check_save_format(self, save_format: str) -> None:
+        """Whether this run's result can be written as `save_format` (dense, sparsekit, sparse-24-bitmask)."""
+        if save_format != "dense" and (self.n, self.m) != (2, 4):
+            raise ValueError(f"--save-format {save_format} stores 2:4 weights compressed; it needs --pattern 2:4 (got {self.pattern})")
+        if self.offload == "disk" and save_format != "dense":
+            raise ValueError("--offload disk saves dense checkpoints; compress afterwards with `sparsekit sparsify`")
+
+    @property
+    def target_sparsity(self) -> float | Mapping[str, float]:
+        """The overall fraction asked for (n/m for N:M without an explicit sparsity), or the per-layer mapping."""
+        return self.sparsity if self.sparsity is not None else self.n / self.m
 
     def layer_sparsity(self, name: str) -> float:
         if self.sparsity is None:
@@ -204,37 +220,35 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
         log.info("resuming after block %d from %s", finished, config.checkpoint_dir)
 
     backend_calls = _backend.usage()
-    progress = tqdm(range(finished + 1, len(blocks)), initial=finished + 1, total=len(blocks),
-                    desc=f"{config.method} {config.pattern}", unit="block", disable=not distributed.is_main())
-    for index in progress:
-        block = blocks[index]
+
+    def prune_block(index: int, block: nn.Module) -> None:
+        nonlocal backend_calls
         layers = select_layers(block, f"{block_path}.{index}", config.targets, config.ignore)
         targets = {v.name: LayerTarget(config.layer_sparsity(v.name), config.n, config.m) for v in layers}
-        placement.onload(index, block)
-        try:
-            ctx = BlockContext(block, index, layers, targets, inputs, device, timer, config.backend, permute=config.permute)
-            results = pruner.prune_block(ctx)
-            for view in layers:
-                result = results[view.name]
-                if result.weight is not None:
-                    view.set_weight(result.weight)
-                view.apply_mask(result.keep)
-                if result.perm is not None:  # read by sparsekit.sparsify; not in the state dict (dense export unchanged)
-                    setattr(view.module, INPUT_PERMUTATION_ATTR, result.perm.cpu())
-                reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
-                report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached, result.seconds,
-                                                 row_sparsity_spread(result.keep)))
-            report.add_backends(_backend.usage_since(backend_calls), _backend.fallbacks())  # what really ran
-            backend_calls = _backend.usage()
-            last = index == len(blocks) - 1
-            if not last:
-                with timer("forward"):
-                    ctx.forward(store=inputs.hidden)
-            if checkpoint:
-                with timer("checkpoint"):
-                    checkpoint.save(index, block, None if last else inputs.hidden, report)
-        finally:
-            placement.offload(index, block)
+        ctx = BlockContext(block, index, layers, targets, inputs, device, timer, config.backend, permute=config.permute)
+        results = pruner.prune_block(ctx)
+        for view in layers:
+            result = results[view.name]
+            if result.weight is not None:
+                view.set_weight(result.weight)
+            view.apply_mask(result.keep)
+            if result.perm is not None:  # read by sparsekit.sparsify; not in the state dict (dense export unchanged)
+                setattr(view.module, INPUT_PERMUTATION_ATTR, result.perm.cpu())
+            reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
+            report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached,
+                                             result.seconds, row_sparsity_spread(result.keep)))
+        report.add_backends(_backend.usage_since(backend_calls), _backend.fallbacks())  # what really ran
+        backend_calls = _backend.usage()
+
+    def save_block(index: int, block: nn.Module) -> None:
+        if checkpoint:
+            with timer("checkpoint"):
+                checkpoint.save(index, block, None if index == len(blocks) - 1 else inputs.hidden, report)
+
+    progress = partial(tqdm, initial=finished + 1, total=len(blocks), desc=f"{config.method} {config.pattern}",
+                       unit="block", disable=not distributed.is_main())
+    walk_blocks(blocks, placement, inputs, device, prune_block, start=finished + 1, done=save_block, timer=timer,
+                progress=progress)
     if device.type == "cuda":
         report.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
     log.info("pruned %d layers to %.4f sparsity", len(report.layers), report.sparsity)

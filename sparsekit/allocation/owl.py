@@ -23,7 +23,7 @@ import torch
 from sparsekit import ops
 from sparsekit.allocation.budget import apportion, budget_count, exact_fraction
 from sparsekit.hf.layers import select_layers
-from sparsekit.pipeline.block import BlockContext
+from sparsekit.pipeline.block import BlockContext, walk_blocks
 from sparsekit.pipeline.capture import BlockInputs
 from sparsekit.pipeline.report import PhaseTimer
 
@@ -101,20 +101,17 @@ def allocate(config, blocks, block_path: str, inputs: BlockInputs, device, place
     dense = BlockInputs(inputs.hidden.clone(), inputs.batch_size, inputs.extras)
     timer = PhaseTimer(defaultdict(float))
     ratios, sizes, block_layers = [], [], []
-    for index, block in enumerate(blocks):
+
+    def measure(index, block):
         views = select_layers(block, f"{block_path}.{index}", config.targets, config.ignore)
-        placement.onload(index, block)
-        try:
-            ctx = BlockContext(block, index, views, {}, dense, device, timer, config.backend)
-            if views:
-                stats = ctx.collect_stats(activations=True, hessian=False)
-                ratios.append(outlier_ratio(lambda: (_wanda_score(v, stats, config.backend) for v in views), options.m))
-                sizes.append(sum(v.weight.numel() for v in views))
-                block_layers.append([(v.name, v.out_features, v.in_features) for v in views])
-            if index < len(blocks) - 1:
-                ctx.forward(store=dense.hidden)
-        finally:
-            placement.offload(index, block)
+        if views:
+            stats = BlockContext(block, index, views, {}, dense, device, timer, config.backend).collect_stats(
+                activations=True, hessian=False)
+            ratios.append(outlier_ratio(lambda: (_wanda_score(v, stats, config.backend) for v in views), options.m))
+            sizes.append(sum(v.weight.numel() for v in views))
+            block_layers.append([(v.name, v.out_features, v.in_features) for v in views])
+
+    walk_blocks(blocks, placement, dense, device, measure)
     if not ratios:
         raise ValueError("OWL found no target layers in any block; check targets / ignore")
     block_sparsity = owl_sparsities(ratios, config.sparsity, options.lam, sizes)

@@ -12,16 +12,26 @@ first token is context only, as in the SparseGPT/Wanda scripts. (Those scripts t
 tokenizer's defaults, so for a BOS tokenizer their BOS is at the start of the text only, i.e. in
 window 0: add_bos="auto" differs from them there; SmolLM2, GPT-2, OPT-style vocabularies without a
 default BOS are unaffected.)
+
+A model that does not fit on the device is evaluated with a `placement` (sparsekit.eval.streamed.placement_for):
+the windows pass through block 0, then block 1, … (each brought in by the placement and put back after, the
+pruning pass's `walk_blocks`), and the model's own head turns the last block's output into logits
+(`forward_from_last_block`). Same numbers as the whole-model forward, any model size.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sparsekit.eval.bos import bos_prefix, resolve_add_bos
+from sparsekit.hf.blocks import find_blocks
+from sparsekit.pipeline.block import walk_blocks
+from sparsekit.pipeline.capture import capture_inputs, forward_from_last_block
+from sparsekit.pipeline.placement import Placement, non_block_modules, on_device
 
 
 def _token_ids(tokenizer, data) -> torch.Tensor:
@@ -72,10 +82,17 @@ def next_token_nll(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, in
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text_or_dataset, seqlen: int = 2048, batch_size: int = 1,
-               max_windows: int | None = None, device=None, progress: bool = True, add_bos="auto") -> float:
+               max_windows: int | None = None, device=None, progress: bool = True, add_bos="auto",
+               placement: Placement | None = None, activations_device=None) -> float:
     """Perplexity of `model` on non-overlapping `seqlen`-token windows of the text (BOS first in each
-    window where the tokenizer adds BOS by default, or add_bos="yes"; never with add_bos="no")."""
+    window where the tokenizer adds BOS by default, or add_bos="yes"; never with add_bos="no").
+
+    With a `placement`, the blocks are streamed through `device` one at a time (see the module docstring);
+    the windows' hidden states wait on `activations_device` (default: `device`)."""
     ids = eval_windows(tokenizer, text_or_dataset, seqlen, max_windows, add_bos)
+    if placement is not None:
+        return math.exp(_streamed_nll(model, ids, placement, batch_size, torch.device(device or "cpu"),
+                                      activations_device, progress))
     device = device or next(model.parameters()).device
     nll, count = 0.0, 0
     for start in tqdm(range(0, ids.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):
@@ -84,3 +101,25 @@ def perplexity(model, tokenizer, text_or_dataset, seqlen: int = 2048, batch_size
         nll += batch_nll
         count += batch_count
     return math.exp(nll / count)
+
+
+def _streamed_nll(model, ids: torch.Tensor, placement: Placement, batch_size: int, device: torch.device,
+                  activations_device, progress: bool) -> float:
+    """Mean next-token NLL of `ids` with the blocks run one at a time, each brought to `device` by `placement`."""
+    _, blocks = find_blocks(model)
+    with on_device(non_block_modules(model, blocks), device):
+        placement.onload(0, blocks[0])
+        try:
+            inputs = capture_inputs(model, blocks, ids, batch_size, device, store_device=activations_device or device)
+        finally:
+            placement.offload(0, blocks[0])
+        walk_blocks(blocks, placement, inputs, device, forward_last=True,
+                    progress=partial(tqdm, desc="perplexity (streamed)", unit="block", leave=False, disable=not progress))
+        nll, count = 0.0, 0
+        for start, x in inputs.batches():
+            batch = ids[start:start + x.shape[0]].to(device)
+            logits = forward_from_last_block(model, blocks, batch, x.to(device), inputs.returns_tuple).logits
+            batch_nll, batch_count = next_token_nll(logits, batch)
+            nll += batch_nll
+            count += batch_count
+    return nll / count

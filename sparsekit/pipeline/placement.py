@@ -147,9 +147,8 @@ def _meta_bytes(module: nn.Module, dtype: torch.dtype) -> int:
 def plan_placement(model: nn.Module, blocks: nn.ModuleList, block_path: str, nsamples: int, seqlen: int,
                    device: torch.device, offload: str = "auto", max_gpu_memory: float | None = None,
                    needs_hessian: bool = False) -> PlacementPlan:
-    """Choose block placement and where calibration activations live for a memory budget (GiB)."""
-    if offload not in ("auto", "none", "cpu", "disk"):
-        raise ValueError(f"offload must be auto, none, cpu or disk, got {offload!r}")
+    """Choose block placement and where calibration activations live for a memory budget (GiB).
+    `offload` is PruneConfig.offload (validated there)."""
     dtype = next((p.dtype for p in blocks.parameters() if p.is_floating_point()), torch.float32)
     hidden = model.config.hidden_size
     act_bytes = nsamples * seqlen * hidden * torch.empty(0, dtype=dtype).element_size()

@@ -1,6 +1,9 @@
-"""What a pruning run reports: per-layer results and seconds per phase."""
+"""What a pruning run reports: per-layer results and seconds per phase (`PruneReport`), the summary of a
+command-line run with its provenance (`RunSummary`), and the one console table formatter (`format_rows`)."""
 from __future__ import annotations
 
+import platform
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -73,13 +76,59 @@ class PruneReport:
         self.fallbacks.update(fallbacks)
 
     def table(self) -> str:
-        width = max([len(r.name) for r in self.layers] + [5])
-        lines = [f"{'layer':<{width}}  {'shape':>12}  {'target':>6}  {'reached':>7}  {'sec':>6}"]
-        for r in self.layers:
-            shape = f"{r.shape[0]}x{r.shape[1]}"
-            lines.append(f"{r.name:<{width}}  {shape:>12}  {r.target:>6.3f}  {r.reached:>7.4f}  {r.seconds:>6.2f}")
-        lines.append(f"{'total':<{width}}  {'':>12}  {'':>6}  {self.sparsity:>7.4f}")
-        return "\n".join(lines)
+        rows = [("layer", "shape", "target", "reached", "sec")]
+        rows += [(r.name, f"{r.shape[0]}x{r.shape[1]}", f"{r.target:.3f}", f"{r.reached:.4f}", f"{r.seconds:.2f}")
+                 for r in self.layers]
+        rows.append(("total", "", "", f"{self.sparsity:.4f}"))
+        return format_rows(rows, align="<>", min_widths=(5, 12, 6, 7, 6))
+
+
+def format_rows(rows: list[tuple[str, ...]], align: str = "<", min_widths: tuple[int, ...] = ()) -> str:
+    """A console table: one line per row, cells two spaces apart, each column as wide as its widest cell
+    (or its `min_widths` entry). `align` gives each column's alignment, "<" (left) or ">" (right); its last
+    character applies to the remaining columns. A row may have fewer cells than the table has columns."""
+    columns = max(len(row) for row in rows)
+    widths = [max([len(row[i]) for row in rows if i < len(row)] + [min_widths[i] if i < len(min_widths) else 0])
+              for i in range(columns)]
+    return "\n".join("  ".join(f"{cell:{align[min(i, len(align) - 1)]}{widths[i]}}" for i, cell in enumerate(row)).rstrip()
+                     for row in rows)
+
+
+def provenance() -> dict:
+    """What produced a result: the command line and the software versions."""
+    import torch
+    import transformers
+
+    from sparsekit._version import __version__
+
+    return {"command": "sparsekit " + " ".join(sys.argv[1:]), "sparsekit": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine()}
+
+
+class RunSummary(dict):
+    """The JSON summary of a `sparsekit prune` run (a plain dict, written as is), with its console table."""
+
+    def table(self) -> str:
+        rows = [("model", self["model"]), ("method", f"{self['method']} ({self['pattern']})"),
+                ("sparsity reached", f"{self['sparsity_reached']:.4f}")]
+        if "dense_ppl" in self:
+            rows.append(("dense ppl", f"{self['dense_ppl']:.3f}"))
+        if "pruned_ppl" in self:
+            rows.append(("pruned ppl", f"{self['pruned_ppl']:.3f}"))
+        if "dense_ppl" in self and "pruned_ppl" in self:
+            rows.append(("pruned / dense", f"{self['pruned_ppl'] / self['dense_ppl']:.2f}x"))
+        if "eval" in self:
+            rows.append(("evaluated on", f"{self['eval']['windows']} windows x {self['eval']['seqlen']} tokens of {self['eval']['text']}"))
+        rows.append(("dtype", self["dtype"].removeprefix("torch.")))
+        if self.get("placement"):
+            rows.append(("placement", self["placement"]))
+        if self.get("peak_memory_bytes"):
+            rows.append(("peak GPU memory", f"{self['peak_memory_bytes'] / 2**30:.2f} GiB"))
+        total = self["seconds"].get("total") or 1.0
+        rows += [(f"seconds: {k}", f"{v:7.1f}" + ("" if k == "total" else f"  ({100 * v / total:.0f}%)"))
+                 for k, v in self["seconds"].items()]
+        return format_rows(rows)
 
 
 class PhaseTimer:

@@ -12,9 +12,8 @@ from transformers import AutoModelForCausalLM
 
 import sparsekit
 from sparsekit import PruneConfig
-from sparsekit.eval.streamed import perplexity_streamed
+from sparsekit.eval.streamed import placement_for
 from sparsekit.hf.loading import load_model
-from sparsekit.pipeline.checkpoint import RunCheckpoint
 from sparsekit.pipeline.placement import DiskStream
 from tests.helpers import save_tiny_checkpoint, tiny_gpt2
 
@@ -68,16 +67,18 @@ def test_streamed_perplexity_equals_in_memory(checkpoint, tmp_path):
     text = "Streams of text for a tiny model to predict, repeated many times. " * 40
     expected = sparsekit.perplexity(model, tok, text, seqlen=32, batch_size=2, progress=False)
     skeleton, _ = load_model(str(checkpoint), offload="disk")
-    placement = DiskStream.from_checkpoint(str(checkpoint), "model.layers", torch.device("cpu"))
-    got = perplexity_streamed(skeleton, tok, text, placement, seqlen=32, batch_size=2)
+    assert placement_for(model, "cpu") is None  # wholly on the device: one forward of the whole model
+    placement = placement_for(skeleton, "cpu")
+    assert isinstance(placement, DiskStream)
+    got = sparsekit.perplexity(skeleton, tok, text, seqlen=32, batch_size=2, progress=False, placement=placement, device="cpu")
     assert got == pytest.approx(expected, rel=1e-5)
     # and the pruned model, served from the run checkpoint
     sparsekit.prune(model, calib(), PruneConfig(method="wanda", sparsity=0.5))
     report = sparsekit.prune(skeleton, calib(), PruneConfig(method="wanda", sparsity=0.5, checkpoint_dir=str(tmp_path / "run")))
     pruned_expected = sparsekit.perplexity(model, tok, text, seqlen=32, batch_size=2, progress=False)
-    run = RunCheckpoint(tmp_path / "run", {})
     assert report.sparsity == pytest.approx(0.5)
-    got = perplexity_streamed(skeleton, tok, text, run.streamer(torch.device("cpu")), seqlen=32, batch_size=2)
+    got = sparsekit.perplexity(skeleton, tok, text, seqlen=32, batch_size=2, progress=False,
+                               placement=placement_for(skeleton, "cpu", tmp_path / "run"), device="cpu")
     assert got == pytest.approx(pruned_expected, rel=1e-5)
 
 
