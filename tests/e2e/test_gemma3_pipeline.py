@@ -61,6 +61,30 @@ def test_the_tiny_model_is_the_architecture_under_test():
         assert not torch.allclose(model(ids).logits[0, -1], model(other).logits[0, -1])
 
 
+@pytest.mark.parametrize("batch_size", [3, 8])  # 3: a short last batch (8 = 3 + 3 + 2) records its own extras
+def test_captured_block_inputs_reproduce_the_model(batch_size):
+    """Running the blocks one after another on the captured inputs, each with the mask and rotary table the
+    model gave it (sliding vs global), gives the model's own logits: what every pruner calibrates on is right."""
+    from sparsekit.pipeline.capture import capture_inputs, forward_from_last_block
+
+    model = tiny_gemma3()
+    ids = calibration()
+    blocks = model.model.layers
+    captured = capture_inputs(model, blocks, ids, batch_size, "cpu")
+    cos_sliding = captured.extras[batch_size][0][1]["position_embeddings"][0]
+    cos_global = captured.extras[batch_size][1][1]["position_embeddings"][0]
+    assert not torch.allclose(cos_sliding, cos_global)  # two RoPE bases
+    outputs = []
+    with torch.no_grad():
+        for start, x in captured.batches():
+            for index, block in enumerate(blocks):
+                x = captured.call_block(block, index, x, "cpu")
+            logits = forward_from_last_block(model, blocks, ids[start:start + x.shape[0]], x, captured.returns_tuple).logits
+            outputs.append(logits)
+        expected = model(ids).logits
+    torch.testing.assert_close(torch.cat(outputs), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("config", [
     dict(method="magnitude", sparsity=0.5),
     dict(method="wanda", sparsity=0.5),
