@@ -161,3 +161,30 @@ def test_bad_calibration(ids, match):
 def test_missing_layer_in_sparsity_mapping():
     with pytest.raises(ValueError, match="no sparsity given"):
         sparsekit.prune(tiny_llama(), calib(), PruneConfig(sparsity={"re:.*mlp.*": 0.5}))
+
+
+@pytest.mark.parametrize("pattern, sparsity, expected", [
+    ("unstructured", None, 0.5), ("unstructured", 0.3, 0.3), ("2:4", None, 0.5), ("1:4", None, 0.25), ("1:4", 0.25, 0.25),
+])
+def test_sparsity_defaults_to_half_or_the_pattern(pattern, sparsity, expected):
+    config = PruneConfig(pattern=pattern, sparsity=sparsity)
+    assert config.target_sparsity == pytest.approx(expected)
+    assert config.layer_sparsity("model.layers.0.mlp.up_proj") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kwargs, save_format, match", [
+    (dict(pattern="4:8"), "sparsekit", "needs --pattern 2:4"),
+    (dict(), "sparse-24-bitmask", "needs --pattern 2:4"),
+    (dict(pattern="2:4", offload="disk", checkpoint_dir="run"), "sparsekit", "saves dense checkpoints"),
+])
+def test_save_format_must_fit_the_run(kwargs, save_format, match):
+    config = PruneConfig(**kwargs)
+    config.check_save_format("dense")
+    with pytest.raises(ValueError, match=match):
+        config.check_save_format(save_format)
+
+
+def test_disk_offload_needs_a_checkpoint_dir_before_any_model():
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        PruneConfig(offload="disk")
+    assert PruneConfig(offload="disk", checkpoint_dir="run").offload == "disk"
