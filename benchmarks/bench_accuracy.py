@@ -47,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zeroshot", default=None, help="tasks (comma list or 'all'); default none")
     g.add_argument("--zeroshot-limit", type=int, default=None, help="first N documents per task")
     g.add_argument("--zeroshot-configs", default="dense",
-                   help="configurations to run zero-shot on, e.g. dense,wanda:0.5,sparsegpt:2:4 (default dense)")
+                   help="configurations to run zero-shot on, by method or by table name, e.g. "
+                        "dense,wanda:0.5,sparsegpt:2:4,SparseGPT+ALPS:2:4 (default dense); with --resume a configuration "
+                        "whose perplexity is measured is pruned again for the zero-shot rows only")
 
 
 NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "dsnot": "DSnoT", "magnitude": "Magnitude", "besa": "BESA", "dense": "dense",
@@ -181,7 +183,7 @@ def run(ctx: RunContext, args) -> None:
         specs = args.sparsities.split(",") if args.sparsities else DEFAULT_SPARSITIES
         windows, eval_seqlen = args.windows, args.eval_seqlen
     tasks = _zeroshot_tasks(ctx, args)
-    zeroshot_configs = {c.strip() for c in args.zeroshot_configs.split(",") if c.strip()} if tasks else set()
+    zeroshot_configs = {c.strip().lower() for c in args.zeroshot_configs.split(",") if c.strip()} if tasks else set()
     model, tok, calib, text, model_label, text_label = _setup(ctx, args)
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     done = ctx.done(BENCHMARK) | ctx.done(ZEROSHOT)
@@ -196,9 +198,11 @@ def run(ctx: RunContext, args) -> None:
         name = method if method == "dense" else config_label(method, allocation, options, settings=False)
         full = method if method == "dense" else config_label(method, allocation, options)
         case = f"{model_label}/{full}/{label}" + ("" if method == "dense" else f"@{calibration}") + f"/{windows}w"
-        want_zeroshot = bool(tasks) and ("dense" if method == "dense" else f"{method}:{label}") in zeroshot_configs
+        keys = {"dense"} if method == "dense" else {f"{method}:{label}".lower(), f"{name}:{label}".lower()}
+        want_zeroshot = bool(tasks) and bool(keys & zeroshot_configs)
         want_zeroshot = want_zeroshot and any((ZEROSHOT, f"{case}/{t}", name) not in done for t in tasks)
-        if (BENCHMARK, case, name) in done and not want_zeroshot:
+        have_ppl = (BENCHMARK, case, name) in done
+        if have_ppl and not want_zeroshot:
             continue
         model.load_state_dict(dense_state)
         params = {**common, "method": method, "sparsity": label}
@@ -224,12 +228,16 @@ def run(ctx: RunContext, args) -> None:
                           for r in report.layers if r.row_sparsity and r.row_sparsity["max"] > r.row_sparsity["min"]}
                 if spread:  # per layer [min, max] of the rows' sparsities: a learned allocation's spread
                     derived["row_sparsity"] = spread
-            start = time.perf_counter()
-            ppl = sparsekit.perplexity(model, tok, text, seqlen=eval_seqlen, batch_size=4, max_windows=windows, progress=False)
-            derived["eval_seconds"] = time.perf_counter() - start
+            if not have_ppl:  # with --resume a measured perplexity is kept; only the zero-shot rows are missing
+                start = time.perf_counter()
+                ppl = sparsekit.perplexity(model, tok, text, seqlen=eval_seqlen, batch_size=4, max_windows=windows, progress=False)
+                derived["eval_seconds"] = time.perf_counter() - start
         except Exception as exc:
             ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, name, describe_exception(exc), status="error",
                                           metric="ppl", unit="", params=params)])
+            continue
+        if have_ppl:
+            ctx.save(ZEROSHOT, _zeroshot_rows(ctx, args, tasks, model, tok, model_label, name, label))
             continue
         ctx.log(f"accuracy {case}: ppl {ppl:.3f}" + (f" (sparsity {derived['sparsity_reached']:.6f})" if "sparsity_reached" in derived else ""))
         ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=name, metric="ppl", unit="",

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from benchmarks.bench_accuracy import config_label, parse_config
 from benchmarks.common import RunContext, describe_exception, free_memory, skip_row
 from benchmarks.models import LLAMA_7B, build_llama
 from tests.helpers import tiny_llama
@@ -26,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prune-time")
     g.add_argument("--models", default=None, help="comma list of smollm2, llama7b (default: smollm2 on CPU, both on GPU)")
     g.add_argument("--methods", default=None, help=f"comma list (default: {','.join(DEFAULT_METHODS)}, where registered)")
+    g.add_argument("--prune-configs", nargs="+", default=None,
+                   help="configurations as `accuracy --acc-configs` takes them (method[+owl][:{json options}]), e.g. "
+                        "sparsegpt 'sparsegpt:{\"update\":\"alps\"}' alps; replaces --methods")
     g.add_argument("--prune-pattern", default="unstructured", help="unstructured (at --prune-sparsity) or N:M")
     g.add_argument("--prune-sparsity", type=float, default=0.5)
     g.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default GPU 128, CPU 32)")
@@ -76,16 +80,18 @@ def run(ctx: RunContext, args) -> None:
     else:
         models = args.models.split(",") if args.models else (["smollm2", "llama7b"] if ctx.is_cuda else ["smollm2"])
         methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
+    configs = [parse_config(c) for c in args.prune_configs] if args.prune_configs else [(m, None, {}) for m in methods]
     pattern = args.prune_pattern
     pattern_label = pattern if ":" in pattern else f"{args.prune_sparsity:g}"
     done = ctx.done(BENCHMARK)
     for model_name in models:
         state, loaded = None, None
-        for method in methods:
+        for method, allocation, options in configs:
             reason = _registered(method)
             label_guess = {"tiny": "tiny-llama", "smollm2": "smollm2-135m"}.get(model_name, model_name)
+            name = config_label(method, allocation, options) if (allocation or options) else method
             if reason:
-                ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, f"{label_guess}/{method}/{pattern_label}", method, reason,
+                ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, f"{label_guess}/{name}/{pattern_label}", name, reason,
                                               metric="prune seconds", unit="s")])
                 continue
             try:
@@ -95,32 +101,37 @@ def run(ctx: RunContext, args) -> None:
                 else:
                     loaded[0].load_state_dict(state)  # every method starts from the same dense weights
             except Exception as exc:
-                ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, f"{label_guess}/{method}/{pattern_label}", method,
+                ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, f"{label_guess}/{name}/{pattern_label}", name,
                                               describe_exception(exc), status="error", metric="prune seconds", unit="s")])
                 break
             model, calib, label, calib_desc = loaded
-            case = f"{label}/{method}/{pattern_label}"
-            if (BENCHMARK, case, method) in done:
+            case = f"{label}/{name}/{pattern_label}"
+            if (BENCHMARK, case, name) in done:
                 continue
             params = {"model": label, "method": method, "pattern": pattern, "calibration": calib_desc,
                       "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "backend": args.backend or "auto",
                       "batch_size": args.calib_batch_size}
+            if options or allocation:
+                params.update(options=options, allocation=allocation)
+            method_options = dict(options)
+            permute = method_options.pop("permute", False)  # a PruneConfig field, not the pruner's
             config = sparsekit.PruneConfig(method=method, pattern=pattern,
                                            sparsity=None if ":" in pattern else args.prune_sparsity,
-                                           device=str(ctx.device), batch_size=args.calib_batch_size, backend=args.backend)
+                                           device=str(ctx.device), batch_size=args.calib_batch_size, backend=args.backend,
+                                           method_options=method_options, allocation=allocation, permute=permute)
             ctx.log(f"prune-time {case} ({calib_desc}) on {ctx.device}")
             try:
                 start = time.perf_counter()
                 report = sparsekit.prune(model, calib, config)
                 total = time.perf_counter() - start
             except Exception as exc:
-                ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, method, describe_exception(exc), status="error",
+                ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, name, describe_exception(exc), status="error",
                                               metric="prune seconds", unit="s", params=params)])
                 continue
             derived = {"phases": {k: float(v) for k, v in report.seconds.items()}, "sparsity_reached": report.sparsity,
                        "peak_memory_bytes": report.peak_memory_bytes, "layers": len(report.layers)}
             ctx.log(f"  {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items()))
-            ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=method, metric="prune seconds", unit="s",
+            ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=name, metric="prune seconds", unit="s",
                                          median=total, params=params, derived=derived)])
         del loaded, state
         free_memory(ctx.device)

@@ -6,7 +6,7 @@ In README.md, each table lives between two markers; everything between them is r
     ...generated...
     <!-- /bench:NAME -->
 
-NAME is one of TABLES (kernels, kernel-ops, decode, prune-time, accuracy, zeroshot). Kernel and
+NAME is one of TABLES (kernels, kernel-ops, decode, prune-time, accuracy, zeroshot, presets). Kernel and
 decode tables use GPU results only (the newest GPU device unless device= picks one); the others
 show each device's results under its own heading, CPU labelled as such. Every table ends with
 where its numbers come from (device, versions, commit, date, command). The accuracy table takes
@@ -207,20 +207,39 @@ def table_decode(results, opts) -> str:
                  _md_table(header, body), _notes(rows), provenance(rows))
 
 
+def _ordered(rows: list[BenchRow], methods: str | None) -> list[BenchRow]:
+    """methods="A;B": only these providers, in this order (the dense row first where there is one)."""
+    if not methods:
+        return rows
+    order = {m: i for i, m in enumerate(["dense", *methods.split(";")])}
+    return sorted((r for r in rows if r.provider in order), key=lambda r: order[r.provider])
+
+
 def table_prune_time(results, opts) -> str:
+    """Seconds per phase; methods="A;B" picks and orders rows, relative_to=SparseGPT adds each total's
+    ratio to that method's on the same model and sparsity."""
     by_device = _rows(results, "prune-time", opts.get("device"))
     if not by_device:
         return _no_results("pruning-time", "run `python -m benchmarks prune-time`")
+    base = opts.get("relative_to")
     parts = []
     for slug, rows in by_device.items():
+        rows = _ordered(rows, opts.get("methods"))
+        if not rows:
+            continue
         ok = [r for r in rows if r.status == "ok"]
         seen = {k for r in ok for k in r.derived.get("phases", {})}
         phases = [p for p in PHASE_ORDER if p in seen] + sorted(seen - set(PHASE_ORDER))
+        totals = {(r.params.get("model"), r.case.rsplit("/", 1)[-1]): r.median for r in ok if r.provider == base}
+
+        def ratio(r):
+            reference = totals.get((r.params.get("model"), r.case.rsplit("/", 1)[-1]))
+            return _fmt(r.median / reference, 2, "×") if reference else "–"
         body = [[r.params.get("model", ""), r.provider, r.case.rsplit("/", 1)[-1], r.params.get("calibration", ""), _fmt(r.median, 1)]
-                + [_fmt(r.derived["phases"].get(p), 1) for p in phases] for r in ok]
+                + ([ratio(r)] if base else []) + [_fmt(r.derived["phases"].get(p), 1) for p in phases] for r in ok]
         name = rows[0].device if rows[0].device_kind == "cpu" else f"GPU: {rows[0].device}"
-        parts.append(_join(f"**{name}** (seconds)", _md_table(["model", "method", "sparsity", "calibration", "total"] + phases, body),
-                           _notes(rows), provenance(rows)))
+        header = ["model", "method", "sparsity", "calibration", "total"] + ([f"vs {base}"] if base else []) + phases
+        parts.append(_join(f"**{name}** (seconds)", _md_table(header, body), _notes(rows), provenance(rows)))
     return _join(*parts)
 
 
@@ -291,8 +310,14 @@ def table_zeroshot(results, opts) -> str:
     if not by_device:
         return _no_results("zero-shot", "run `python -m benchmarks accuracy --zeroshot all`")
     slug = opts.get("device") or max(by_device, key=lambda s: len(by_device[s]))
-    rows = by_device[slug]
+    rows = _ordered(by_device[slug], opts.get("methods"))
+    if "sparsities" in opts:
+        rows = [r for r in rows if r.provider == "dense" or r.params.get("sparsity") in opts["sparsities"].split(",")]
+        wanted = opts["sparsities"].split(",")  # grouped by sparsity in the marker's order (stable: methods' order kept)
+        rows = sorted(rows, key=lambda r: -1 if r.provider == "dense" else wanted.index(r.params.get("sparsity")))
     ok = [r for r in rows if r.status == "ok"]
+    if not ok:
+        return _no_results("zero-shot", "no row matches the marker's methods/sparsities")
     tasks = list(dict.fromkeys(r.params["task"] for r in ok))
     configs = list(dict.fromkeys((r.params.get("model"), r.provider, r.params.get("sparsity")) for r in ok))
     index = {(r.params.get("model"), r.provider, r.params.get("sparsity"), r.params["task"]): r for r in ok}
@@ -309,11 +334,74 @@ def table_zeroshot(results, opts) -> str:
     chance = ", ".join(f"{t} {ok[[r.params['task'] for r in ok].index(t)].derived.get('chance', 0) * 100:.0f}" for t in tasks)
     head = (f"Zero-shot accuracy (%; acc_norm where lm-eval reports it, else acc), first {'/'.join(limits)} validation "
             f"documents per task, scored as lm-evaluation-harness does. Chance: {chance}.")
-    return _join(head, _md_table(["model", "method", "sparsity"] + tasks + ["mean"], body), _notes(rows), provenance(rows))
+    errors = [r.derived.get("acc_norm_stderr", r.derived.get("acc_stderr")) for r in ok]
+    errors = [e for e in errors if e is not None]
+    spread = ""
+    if errors:  # with a few dozen documents per task the differences between rows are mostly noise
+        mean_error = (sum(e * e for e in errors) / len(errors)) ** 0.5 / len(tasks) ** 0.5
+        spread = (f"Standard error (sample std / √n) per task: {min(errors) * 100:.1f} to {max(errors) * 100:.1f} points; "
+                  f"of the mean over the {len(tasks)} tasks: about {mean_error * 100:.1f} points.")
+    return _join(head, _md_table(["model", "method", "sparsity"] + tasks + ["mean"], body), spread, _notes(rows), provenance(rows))
+
+
+def _preset_flags(recipe) -> str:
+    flags = [f"--method {recipe.method}"]
+    for key, value in sorted(recipe.method_options.items()):
+        flags.append(f"--update {value}" if key == "update" else f"--{recipe.method}-{key.replace('_', '-')} {value}")
+    flags += [f"--allocation {recipe.allocation}"] if recipe.allocation else []
+    flags += ["--permute"] if recipe.permute else []
+    return " ".join(flags)
+
+
+def table_presets(results, opts) -> str:
+    """Each preset's recipe (sparsekit/presets.py) at the marker's sparsities=0.5,0.6,2:4 with its measured
+    perplexity (accuracy rows, same filters as the accuracy table), the ratio to dense, the change against
+    SparseGPT, and the pruning time against SparseGPT's (prune-time rows of the same device, else the
+    accuracy runs' own prune seconds, marked *)."""
+    from benchmarks.bench_accuracy import config_label
+    from sparsekit.presets import PRESETS, resolve_preset
+
+    by_device = _rows(results, "accuracy", opts.get("device"))
+    if not by_device:
+        return _no_results("accuracy", "run `python -m benchmarks accuracy`")
+    slug = opts.get("device") or max(by_device, key=lambda s: len(by_device[s]))
+    filters = {k: v for k, v in opts.items() if k not in ("device", "sparsities", "relative_to")}
+    ok = [r for r in by_device[slug] if r.status == "ok" and _matches(r, filters)]
+    dense = next((r for r in reversed(ok) if r.provider == "dense"), None)
+    index = {(r.provider, r.params["sparsity"]): r for r in ok}
+    times = {}
+    for r in _rows(results, "prune-time", slug).get(slug, []):
+        if r.status == "ok":
+            times[(r.provider, ":" in r.case.rsplit("/", 1)[-1])] = r.median
+    base = opts.get("relative_to", "SparseGPT")
+    labels = opts.get("sparsities", "0.5,0.6,0.7,2:4").split(",")
+    body, used = [], []
+    for name in PRESETS:
+        for label in labels:
+            recipe = resolve_preset(name, label if ":" in label else "unstructured", None if ":" in label else float(label))
+            options = {**recipe.method_options, **({"permute": True} if recipe.permute else {})}
+            provider = config_label(recipe.method, recipe.allocation, options)
+            row, reference = index.get((provider, label)), index.get((base, label))
+            nm = ":" in label
+            if (provider, nm) in times and (base, nm) in times:
+                cost = _fmt(times[(provider, nm)] / times[(base, nm)], 1, "×")
+            elif row and reference and "prune_seconds" in row.derived and "prune_seconds" in reference.derived:
+                cost = _fmt(row.derived["prune_seconds"] / reference.derived["prune_seconds"], 1, "×*")
+            else:
+                cost = "–"
+            body.append([name, label, f"`{_preset_flags(recipe)}`", _fmt(row.median, 2) if row else "not measured",
+                         _fmt(row.median / dense.median, 2, "×") if row and dense else "–",
+                         f"{(row.median / reference.median - 1) * 100:+.1f}%" if row and reference else "–", cost])
+            used += [r for r in (row, reference) if r]
+    head = ("`--preset NAME` resolves to these flags (explicit flags win); perplexity as in the accuracy table"
+            + (f" (dense **{dense.median:.2f}**)" if dense else "") + f"; time: total pruning seconds against {base}'s.")
+    header = ["preset", "sparsity", "same as", "ppl", "× dense", f"vs {base}", f"time vs {base}"]
+    return _join(head, _md_table(header, body), provenance(used + ([dense] if dense else [])) if used else "")
 
 
 TABLES: dict[str, Callable] = {"kernels": table_kernels, "kernel-ops": table_kernel_ops, "decode": table_decode,
-                               "prune-time": table_prune_time, "accuracy": table_accuracy, "zeroshot": table_zeroshot}
+                               "prune-time": table_prune_time, "accuracy": table_accuracy, "zeroshot": table_zeroshot,
+                               "presets": table_presets}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ SOURCES = {"sparsekit": REPO / "sparsekit", "sparsekit.triton_kernels": REPO / "
 LAYERS = [
     ("cli", ("sparsekit.cli", "sparsekit.cli_preflight", "sparsekit.__main__")),
     ("api", ("sparsekit",)),  # sparsekit/__init__.py, the lazy public facade (the package itself only)
-    ("pruning", ("sparsekit.pruning",)),  # PruneConfig + prune: the one module that drives pruners over the pipeline
+    ("pruning", ("sparsekit.pruning", "sparsekit.presets")),  # PruneConfig + prune: the one module that drives pruners over the pipeline
     ("pruners", ("sparsekit.pruners",)),
     ("allocation/eval", ("sparsekit.allocation", "sparsekit.eval")),
     ("pipeline", ("sparsekit.pipeline",)),

@@ -1,0 +1,76 @@
+"""--preset quality|fast: resolution per pattern and sparsity, explicit settings win, bad names fail clearly."""
+import pytest
+
+from sparsekit import presets
+from sparsekit.cli import build_parser
+from sparsekit.presets import PRESETS, Recipe, apply_to_cli_args, preset_config, resolve_preset
+from sparsekit.pruners import PRUNERS, make_pruner
+
+
+def test_every_recipe_builds_its_pruner():
+    for name, by_pattern in PRESETS.items():
+        for recipes in by_pattern.values():
+            for recipe in recipes:
+                assert recipe.method in PRUNERS, (name, recipe)
+                make_pruner(recipe.method, **recipe.method_options)  # options the method accepts
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
+def test_resolution_by_pattern(pattern):
+    kind = presets.UNSTRUCTURED if pattern == "unstructured" else presets.NM
+    for name in PRESETS:
+        assert resolve_preset(name, pattern, 0.5) == PRESETS[name][kind][0]
+    config = preset_config("fast", sparsity=None if ":" in pattern else 0.6, pattern=pattern)
+    assert (config.method, config.method_options) == ("sparsegpt", {"update": "alps"})
+    assert preset_config("quality", sparsity=None if ":" in pattern else 0.6, pattern=pattern).method == "alps"
+
+
+def test_unstructured_recipe_changes_with_sparsity(monkeypatch):
+    low, high = Recipe("wanda"), Recipe("sparsegpt", min_sparsity=0.65)
+    monkeypatch.setitem(PRESETS, "test", {presets.UNSTRUCTURED: (low, high), presets.NM: (low,)})
+    assert resolve_preset("test", "unstructured", 0.5) is low
+    assert resolve_preset("test", "unstructured", 0.65) is high
+    assert resolve_preset("test", "unstructured", 0.8) is high
+    assert resolve_preset("test", "2:4") is low
+    assert preset_config("test", sparsity={"re:.*": 0.8}).method == "wanda"  # a per-layer map: the first recipe
+
+
+def test_explicit_settings_win():
+    assert preset_config("fast", method_options={"update": "admm"}).method_options == {"update": "admm"}
+    assert preset_config("fast", method_options={"blocksize": 64}).method_options == {"update": "alps", "blocksize": 64}
+    other = preset_config("fast", method="wanda")
+    assert (other.method, other.method_options) == ("wanda", {})  # the preset's options belong to its method
+    assert preset_config("quality", allocation="owl", sparsity=0.7).allocation == "owl"
+    assert preset_config("quality", batch_size=2).batch_size == 2
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown preset 'best'; choose one of \['fast', 'quality'\]"):
+        resolve_preset("best")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("best")
+
+
+def _cli(*flags):
+    args = build_parser().parse_args(["prune", "--model", "m", *flags])
+    apply_to_cli_args(args)
+    return args
+
+
+def test_cli_flag_fills_unset_flags_only():
+    args = _cli("--preset", "fast", "--pattern", "2:4")
+    assert (args.method, args.update) == ("sparsegpt", "alps")
+    assert _cli("--preset", "fast", "--update", "none").update == "none"
+    args = _cli("--preset", "fast", "--method", "wanda")
+    assert (args.method, args.update) == ("wanda", None)
+    args = _cli("--preset", "quality", "--sparsity", "0.7", "--alps-cg-iters", "20")
+    assert (args.method, args.opt__alps__cg_iters) == ("alps", 20)
+
+
+def test_cli_choices_are_the_presets(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prune", "--model", "m", "--preset", "best"])
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+    action = next(a for a in parser._subparsers._group_actions[0].choices["prune"]._actions if a.dest == "preset")
+    assert sorted(action.choices) == presets.preset_names()
