@@ -79,7 +79,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             group.add_argument(*_option_flags(method, field), **kwargs)
 
 
-def _method_options(args, method: str) -> dict:
+def method_options(args, method: str) -> dict:
+    """{option: value} for the --<method>-<option> flags given on the command line (parsed by build_parser)."""
     prefix = f"opt__{method}__"
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
@@ -214,7 +215,7 @@ def cmd_prune(args) -> dict:
     main_process = distributed.is_main()
     config = PruneConfig(  # validate before the (slow) model load
         method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-        method_options={**_method_options(args, args.method), **({"update": args.update} if args.update else {})},
+        method_options={**method_options(args, args.method), **({"update": args.update} if args.update else {})},
         batch_size=args.batch_size, device=device, blocks=args.blocks, backend=args.backend, offload=args.offload,
         max_gpu_memory=args.max_gpu_memory, checkpoint_dir=args.checkpoint_dir, allocation=args.allocation,
         allocation_options={k: v for k, v in (("m", args.owl_m), ("lam", args.owl_lambda)) if v is not None},

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sparsekit.cli import build_parser, main
+from sparsekit.cli import build_parser, main, method_options
 from tests.helpers import save_tiny_checkpoint
 
 TEXT = " ".join(f"The river {i} flows past the old mill and into the sea." for i in range(400))
@@ -49,8 +49,7 @@ def test_paper_spellings_are_accepted():
 
 def test_method_options_flags(workspace):
     args = build_parser().parse_args(base_args(workspace, "--method", "sparsegpt", "--sparsegpt-blocksize", "64"))
-    from sparsekit.cli import _method_options
-    assert _method_options(args, "sparsegpt") == {"blocksize": 64}
+    assert method_options(args, "sparsegpt") == {"blocksize": 64}
 
 
 @pytest.mark.parametrize("extra, message", [
