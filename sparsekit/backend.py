@@ -37,11 +37,11 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     },
     "select_mask": {
         "torch": "sparsekit.torch_backend.selection:select_mask",
-        "triton": "sparsekit.triton_kernels.select_mask:select_mask",
+        "triton": "sparsekit.triton_kernels.selection:select_mask",
     },
     "wanda_mask": {
         "torch": "sparsekit.torch_backend.selection:wanda_mask",
-        "triton": "sparsekit.triton_kernels.wanda_mask:wanda_mask",
+        "triton": "sparsekit.triton_kernels.selection:wanda_mask",
     },
     "sparsegpt": {
         "torch": "sparsekit.torch_backend.sparsegpt:sparsegpt",

@@ -47,10 +47,10 @@ def auto_triton_then_torch(monkeypatch):
     pytest.importorskip("triton.backends.nvidia")
     monkeypatch.setattr(backend, "auto_order", lambda device: ("triton", "torch"))
     monkeypatch.setattr(backend, "_FAILED", {})
-    from sparsekit.triton_kernels import select_mask
+    from sparsekit.triton_kernels import selection
 
     broken = CompilesForGpu()
-    monkeypatch.setattr(select_mask, "_row_select_kernel", broken)
+    monkeypatch.setattr(selection, "_row_select_kernel", broken)
     return broken
 
 

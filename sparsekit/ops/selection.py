@@ -5,6 +5,7 @@ import torch
 
 from sparsekit import backend as _backend
 from sparsekit._validate import check_same_device, check_tensor, check_vector, resolve_pattern
+from sparsekit.torch_backend.selection import row_counts
 
 SCOPES = ("row", "matrix")
 
@@ -60,7 +61,7 @@ def select_mask(
         raise ValueError(f"unknown scope {scope!r}; use one of {SCOPES}")
     if scope == "matrix" and (m or isinstance(sparsity, torch.Tensor)):
         raise ValueError("scope='matrix' takes one unstructured sparsity; N:M and per-row sparsity are per row")
-    return _backend.call("select_mask", backend, score.device, score, sparsity, n, m, scope)
+    return _backend.call("select_mask", backend, score.device, score, _per_row_counts(sparsity, score.shape[1]), n, m, scope)
 
 
 def wanda_mask(
@@ -77,4 +78,10 @@ def wanda_mask(
     check_same_device(weight=weight, sq_norm=sq_norm)
     check_sq_norm(sq_norm, weight.shape[1])
     sparsity, n, m = resolve_pattern(sparsity, n, m, weight.shape[1], rows=weight.shape[0])
-    return _backend.call("wanda_mask", backend, weight.device, weight, sq_norm, sparsity, n, m)
+    return _backend.call("wanda_mask", backend, weight.device, weight, sq_norm, _per_row_counts(sparsity, weight.shape[1]), n, m)
+
+
+def _per_row_counts(sparsity, cols: int):
+    """What the backends take for unstructured pruning: one fraction, or per-row prune counts (int64) computed
+    here once, so every backend prunes exactly int(cols * s_r) (in float64) of row r."""
+    return row_counts(sparsity, cols) if isinstance(sparsity, torch.Tensor) else sparsity

@@ -1,8 +1,9 @@
 """Importance scores and mask selection (True = kept).
 
 Unstructured ("row" scope): every output row prunes exactly k = int(in * sparsity) of its lowest
-scores; ties prune the lower column index first (the order of a stable ascending sort). Sparsity may
-also be a per-row tensor: row r prunes int(in * sparsity[r]) (computed in float64).
+scores; ties prune the lower column index first (the order of a stable ascending sort). Instead of one
+sparsity, select_mask/wanda_mask may get per-row prune counts (an int tensor: row r prunes k[r]), which
+sparsekit.ops.selection computes with `row_counts` (int(in * sparsity[r]) in float64) for every backend.
 "matrix" scope: one threshold for the whole matrix, exactly int(numel * sparsity) pruned, same ties.
 N:M: in each group of m consecutive input columns the n lowest are pruned, same ties.
 """
@@ -62,8 +63,8 @@ def select_mask(score: torch.Tensor, sparsity: float | None, n: int, m: int, sco
     if scope == "matrix":
         flat = score.reshape(1, -1)
         return _prune_lowest_k(flat, int(flat.shape[1] * sparsity)).reshape(score.shape)
-    if isinstance(sparsity, torch.Tensor):
-        return _prune_lowest_k(score, row_counts(sparsity, score.shape[1]))
+    if isinstance(sparsity, torch.Tensor):  # per-row prune counts
+        return _prune_lowest_k(score, sparsity)
     return _prune_lowest_k(score, int(score.shape[1] * sparsity))
 
 

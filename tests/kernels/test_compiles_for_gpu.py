@@ -13,7 +13,7 @@ Kernels covered today (test_kernel_list_is_current keeps this list equal to what
     besa_masked_linear: _forward_kernel, _grad_x_kernel, _grad_bins_kernel
     dsnot_exact: _dsnot_exact_kernel
     dsnot_swap: _dsnot_kernel
-    select_mask: _row_select_kernel, _nm_select_kernel, _matrix_histogram_kernel, _matrix_pick_kernel,
+    selection: _row_select_kernel, _nm_select_kernel, _matrix_histogram_kernel, _matrix_pick_kernel,
                  _matrix_ties_kernel, _matrix_mask_kernel
     sparse24_matmul: _sparse24_matmul_kernel
 

@@ -86,7 +86,7 @@ def test_matrix_scope(shape):
 
 def test_matrix_scope_spans_several_programs(monkeypatch):
     # small tiles so that several programs build each histogram and tie ranks carry across programs
-    from sparsekit.triton_kernels import select_mask as kernels
+    from sparsekit.triton_kernels import selection as kernels
 
     monkeypatch.setattr(kernels, "FLAT_BLOCK", 128)
     monkeypatch.setattr(kernels, "FLAT_BLOCKS_PER_PROGRAM", 2)

@@ -12,14 +12,16 @@ Matrix scope: the same select over the flattened matrix, each pass's histogram b
 programs (integer atomic adds), tie ranks offset by an exclusive cumsum of per-program tie counts.
 N:M: per group of m columns, n rounds of argmin (lowest key, then lowest column) in registers.
 With `norm` (wanda_mask) the score |W| * norm is formed on the fly from W; it is never stored.
+
+wanda_mask: score[i, j] = |W[i, j]| * sqrt(sq_norm[j]) in fp32, formed inside the selection kernels; sqrt(sq_norm)
+is one length-`in` vector, taken with torch so it is bit-identical to the torch backend's score.
+Per-row sparsity arrives as per-row prune counts, computed once by sparsekit.ops.selection for both backends.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-from sparsekit.torch_backend.selection import row_counts
 
 _BINS = tl.constexpr(256)  # 8-bit radix digits
 _MAX_KEY32 = tl.constexpr(0xFFFFFFFF)
@@ -224,9 +226,9 @@ def _matrix_mask_kernel(
 
 
 def _prune_counts(sparsity, rows: int, cols: int, device) -> torch.Tensor:
-    """int32 number pruned per row, computed exactly as the torch backend does."""
+    """int32 number pruned per row: `sparsity` is one fraction, or the per-row prune counts the op computed."""
     if isinstance(sparsity, torch.Tensor):
-        return row_counts(sparsity.to(device), cols).to(torch.int32)
+        return sparsity.to(device=device, dtype=torch.int32)
     return torch.full((rows,), int(cols * sparsity), dtype=torch.int32, device=device)
 
 
@@ -290,6 +292,12 @@ def select_mask(score: torch.Tensor, sparsity, n: int, m: int, scope: str = "row
     if scope == "matrix" and not m:
         return select_matrix(score, sparsity)
     return select_rows(score, sparsity, n, m)
+
+
+def wanda_mask(weight: torch.Tensor, sq_norm: torch.Tensor, sparsity, n: int, m: int) -> torch.Tensor:
+    """Triton backend of sparsekit.ops.wanda_mask (inputs already validated): the score is never stored."""
+    norm = sq_norm.float().sqrt().contiguous()
+    return select_rows(weight, sparsity, n, m, norm=norm)
 
 
 def compile_variants():
