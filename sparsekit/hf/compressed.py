@@ -41,9 +41,12 @@ def _dense_state(model: nn.Module, layers: dict[str, SparseLinear24]) -> dict[st
     state = dict(model.state_dict())
     for name, layer in layers.items():
         del state[f"{name}.values"], state[f"{name}.meta"]
-        state.pop(f"{name}.perm", None)  # dense_weight() is already in the original input order
+        for order in ("perm", "in_order", "out_order"):  # dense_weight() / dense_bias() are in the original order
+            state.pop(f"{name}.{order}", None)
         weight = layer.dense_weight()
         state[f"{name}.weight"] = weight.t().contiguous() if layer.transposed else weight
+        if layer.bias is not None:
+            state[f"{name}.bias"] = layer.dense_bias()
     return state
 
 
@@ -74,7 +77,8 @@ def save_pretrained(model: nn.Module, out_dir, tokenizer=None, *, format: str = 
                 info.update(format=SPARSEKIT_FORMAT, aliases=aliases, layers={
                     name: {"in_features": m.in_features, "out_features": m.out_features,
                            "bias": m.bias is not None, "transposed": m.transposed, "dtype": str(m.values.dtype).removeprefix("torch."),
-                           "permuted": m.perm is not None}
+                           "permuted": m.perm is not None, "input_ordered": m.in_order is not None,
+                           "output_ordered": m.out_order is not None}
                     for name, m in layers.items()})
                 config.save_pretrained(tmp)
             else:
@@ -116,7 +120,8 @@ def _load_sparsekit(path: Path, info: dict, dtype, backend, trust_remote_code) -
         except AttributeError:
             raise ValueError(f"{path}/sparsekit.json lists layer {name!r} but the model built from config.json has no such module") from None
         layer = SparseLinear24(spec["in_features"], spec["out_features"], bias=spec["bias"], dtype=getattr(torch, spec["dtype"]),
-                               device="meta", transposed=spec["transposed"], backend=backend, permuted=spec.get("permuted", False))
+                               device="meta", transposed=spec["transposed"], backend=backend, permuted=spec.get("permuted", False),
+                               input_ordered=spec.get("input_ordered", False), output_ordered=spec.get("output_ordered", False))
         set_submodule(model, name, layer)
     assign(model, read_state(path, dtype), info.get("aliases", {}), path)
     return model

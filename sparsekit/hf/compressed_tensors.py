@@ -48,16 +48,20 @@ def global_sparsity(model: nn.Module, layers: dict[str, SparseLinear24]) -> floa
 
 def bitmask_state(model: nn.Module, layers: dict[str, SparseLinear24]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """compressed-tensors sparse-24-bitmask tensors; Conv1D-born layers (2:4 along the other axis on disk) and
-    input-permuted layers (2:4 only after their permutation) stay dense."""
+    permuted layers (2:4 only after their input permutation; rows permuted into a consumer's order) stay dense,
+    written in the original order."""
     state = dict(model.state_dict())
     dense_layers = []
     for name, layer in layers.items():
         del state[f"{name}.values"], state[f"{name}.meta"]
-        if layer.perm is not None:  # 2:4 only along permuted inputs: compressed-tensors has no permutation
-            del state[f"{name}.perm"]
-        if layer.transposed or layer.perm is not None:
+        permuted = [order for order in ("perm", "in_order", "out_order") if getattr(layer, order) is not None]
+        for order in permuted:  # compressed-tensors has no permutation: those layers go dense, original order
+            del state[f"{name}.{order}"]
+        if layer.transposed or permuted:
             weight = layer.dense_weight()
             state[f"{name}.weight"] = weight.t().contiguous() if layer.transposed else weight
+            if layer.bias is not None:
+                state[f"{name}.bias"] = layer.dense_bias()
             dense_layers.append(name)
             continue
         compressed, bitmask, shape = to_bitmask_24(layer.values, layer.meta)

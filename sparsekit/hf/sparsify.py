@@ -6,6 +6,10 @@
 
 Targets / ignore follow `sparsekit.hf.layers` (class names or "re:<regex>" over module names;
 lm_head is ignored by default).
+
+Channel-permuted layers (pruned with permute=True) keep their input permutation, gathered in the 2:4 kernel's
+x loads, except where it can be absorbed exactly into the layers producing their input (LLaMA's down_proj:
+gate/up rows permuted instead; `sparsekit.hf.absorb`, absorb_permutations=True by default).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Iterable
 
 from torch import nn
 
+from sparsekit.hf.absorb import find_absorptions
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS, select_layers
 from sparsekit.nn.sparse_linear import INPUT_PERMUTATION_ATTR, SparseLinear24, why_not_24
 
@@ -24,6 +29,7 @@ class SparsifyReport:
 
     swapped: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    absorbed: list[str] = field(default_factory=list)  # layers whose input permutation moved into their producers
     dense_bytes: int = 0       # dense weights of the swapped layers
     compressed_bytes: int = 0  # values + meta that replace them
 
@@ -35,6 +41,7 @@ class SparsifyReport:
         lines = [
             f"layers swapped to SparseLinear24: {len(self.swapped)}",
             f"layers kept dense:               {len(self.skipped)}",
+            f"input permutations absorbed:     {len(self.absorbed)}",
             f"weight bytes, dense:             {self.dense_bytes:,}",
             f"weight bytes, 2:4 compressed:    {self.compressed_bytes:,} ({self.ratio:.4f}x)",
         ]
@@ -63,12 +70,14 @@ def sparsify(
     *,
     skip_invalid: bool = False,
     backend: str | None = None,
+    absorb_permutations: bool = True,
 ) -> SparsifyReport:
     """Replace every targeted 2:4-pruned Linear of `model` by a SparseLinear24, in place.
 
     A targeted layer that cannot be compressed (not 2:4, shape not a multiple of 32 x 64, tied to
     another module's weight) raises ValueError naming every such layer, unless `skip_invalid=True`,
     which keeps them dense and lists them in `report.skipped`. Nothing is swapped when it raises.
+    absorb_permutations: move input permutations into their producers where exact (see the module docstring).
     """
     report = SparsifyReport()
     owners = _shared_weights(model)
@@ -92,9 +101,17 @@ def sparsify(
             f"{len(report.skipped)} targeted layer(s) cannot be stored 2:4:\n  {listed}\n"
             "Prune them with pattern '2:4', exclude them with ignore=[...], or pass skip_invalid=True to keep them dense"
         )
+    perms = {view.name: getattr(view.module, INPUT_PERMUTATION_ATTR, None) for view in plan}
+    in_order, out_order = {}, {}
+    if absorb_permutations and any(p is not None for p in perms.values()):
+        for found in find_absorptions(model, {k: p for k, p in perms.items() if p is not None}, set(perms)):
+            in_order[found.consumer] = perms.pop(found.consumer)
+            out_order.update(dict.fromkeys(found.producers, found.perm))
+            report.absorbed.append(found.consumer)
     for view in plan:
         sparse = SparseLinear24.from_linear(view.module, name=view.name, backend=backend, checked=True,
-                                            perm=getattr(view.module, INPUT_PERMUTATION_ATTR, None))
+                                            perm=perms.get(view.name), in_order=in_order.get(view.name),
+                                            out_order=out_order.get(view.name))
         report.dense_bytes += sparse.dense_bytes()
         report.compressed_bytes += sparse.compressed_bytes()
         set_submodule(model, view.name, sparse)

@@ -18,7 +18,12 @@ the same y as the dense layer in its original order. The gather costs no separat
 kernels read x's columns through an int32 copy of perm in their x loads (the launch plan gets it as one more
 pointer); the torch and cuBLAS providers index_select. `sparsekit.sparsify` absorbs the permutation of layers
 whose input is produced by an elementwise product of row-permutable layers (LLaMA's down_proj), so only
-layers that read the residual stream (q/k/v, gate/up) keep one.
+layers that read the residual stream (q/k/v, gate/up) keep one (`sparsekit.hf.absorb`). Such layers hold
+`in_order` (in,) instead of `perm`: the stored columns are the original columns in_order, and x arrives
+already in that order (no gather); their producers hold `out_order` (out,): stored row i (and bias[i]) is
+the original row out_order[i], so y comes out in that order. `dense_weight()`, `dense_bias()` and
+`to_dense()` give the original order (a model converted back with `sparsekit.hf.sparsify.to_dense`, all
+layers at once, computes what the pruned dense model did).
 """
 from __future__ import annotations
 
@@ -74,7 +79,8 @@ class SparseLinear24(nn.Module):
     """y = x @ W.T + b with W stored 2:4-compressed. Build it with `SparseLinear24.from_linear(linear)`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.bfloat16,
-                 device=None, transposed: bool = False, backend: str | None = None, permuted: bool = False):
+                 device=None, transposed: bool = False, backend: str | None = None, permuted: bool = False,
+                 input_ordered: bool = False, output_ordered: bool = False):
         super().__init__()
         check_shape_24(out_features, in_features)
         if dtype not in DTYPES:
@@ -87,29 +93,49 @@ class SparseLinear24(nn.Module):
         self.register_buffer("meta", torch.empty(out_features, in_features // 16, dtype=torch.int16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
         self.register_buffer("perm", torch.empty(in_features, dtype=torch.int64, device=device) if permuted else None)
+        self.register_buffer("in_order", torch.empty(in_features, dtype=torch.int64, device=device) if input_ordered else None)
+        self.register_buffer("out_order", torch.empty(out_features, dtype=torch.int64, device=device) if output_ordered else None)
         self.register_load_state_dict_post_hook(_validate_after_load)
         self._revalidate(check_content=False)  # empty buffers: nothing to read yet
 
     @classmethod
     def from_linear(cls, linear: nn.Module, *, name: str | None = None, backend: str | None = None,
-                    checked: bool = False, perm: torch.Tensor | None = None) -> "SparseLinear24":
+                    checked: bool = False, perm: torch.Tensor | None = None, in_order: torch.Tensor | None = None,
+                    out_order: torch.Tensor | None = None) -> "SparseLinear24":
         """Compress a 2:4-pruned nn.Linear (or transformers Conv1D); refuses any other weight, naming the layer.
 
         perm: input permutation under which the weight is 2:4 (W[:, perm] is); forward gathers x by it.
+        in_order: the same column order, but x will arrive already permuted (its producer was given
+        out_order): no gather. out_order: store the rows (and bias) in this order, so y comes out permuted.
         checked=True skips the checks when the caller has just run `check_convertible` on this layer.
         """
+        if perm is not None and in_order is not None:
+            raise ValueError("give perm (gather x) or in_order (x arrives permuted), not both")
+        columns = perm if perm is not None else in_order
         if not checked:
-            check_convertible(linear, name or type(linear).__name__, perm)
+            check_convertible(linear, name or type(linear).__name__, columns)
+            if out_order is not None:
+                check_permutation(out_order, dense_weight(linear).shape[0], name=f"layer {name!r} output order")
         weight = dense_weight(linear)
         module = cls(weight.shape[1], weight.shape[0], bias=linear.bias is not None, dtype=weight.dtype,
-                     device="meta", transposed=_is_conv1d(linear), backend=backend, permuted=perm is not None)
-        if perm is not None:
-            perm = perm.to(device=weight.device, dtype=torch.int64).clone()
-            weight = weight[:, perm]
-            module.perm = perm
+                     device="meta", transposed=_is_conv1d(linear), backend=backend, permuted=perm is not None,
+                     input_ordered=in_order is not None, output_ordered=out_order is not None)
+        if columns is not None:
+            columns = columns.to(device=weight.device, dtype=torch.int64).clone()
+            weight = weight[:, columns]
+            if perm is not None:
+                module.perm = columns
+            else:
+                module.in_order = columns
+        bias = linear.bias.detach().to(weight.dtype) if linear.bias is not None else None
+        if out_order is not None:
+            out_order = out_order.to(device=weight.device, dtype=torch.int64).clone()
+            weight = weight[out_order]
+            bias = bias[out_order] if bias is not None else None
+            module.out_order = out_order
         module.values, module.meta = _backend.call("compress_24", None, weight.device, weight)
-        if linear.bias is not None:
-            module.bias = linear.bias.detach().to(weight.dtype).clone()
+        if bias is not None:
+            module.bias = bias.clone()
         module._revalidate(check_content=False)  # compress_24 wrote a valid weight
         return module
 
@@ -127,6 +153,8 @@ class SparseLinear24(nn.Module):
         self.__dict__["_refused"] = True
         values, meta, bias = self._buffers["values"], self._buffers["meta"], self._buffers["bias"]
         perm = self._buffers.get("perm")
+        orders = {"perm": (perm, self.in_features), "in_order": (self._buffers.get("in_order"), self.in_features),
+                  "out_order": (self._buffers.get("out_order"), self.out_features)}
         where = f"SparseLinear24(in_features={self.in_features}, out_features={self.out_features})"
         if values is None or meta is None:
             raise ValueError(f"{where} has no values/meta buffers; build it with SparseLinear24.from_linear")
@@ -140,9 +168,12 @@ class SparseLinear24(nn.Module):
         if bias is not None and (bias.shape != (n,) or bias.dtype != values.dtype or bias.device != values.device):
             raise ValueError(f"{where}: bias must be ({n},) {values.dtype} on {values.device}, got "
                              f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
-        if perm is not None and (perm.shape != (k,) or perm.dtype != torch.int64 or perm.device != values.device):
-            raise ValueError(f"{where}: perm must be ({k},) int64 on {values.device}, got "
-                             f"{tuple(perm.shape)} {perm.dtype} on {perm.device}")
+        for name, (order, size) in orders.items():
+            if order is not None and (order.shape != (size,) or order.dtype != torch.int64 or order.device != values.device):
+                raise ValueError(f"{where}: {name} must be ({size},) int64 on {values.device}, got "
+                                 f"{tuple(order.shape)} {order.dtype} on {order.device}")
+        if perm is not None and orders["in_order"][0] is not None:
+            raise ValueError(f"{where}: holds both perm and in_order; a layer gathers x (perm) or gets it permuted (in_order)")
         for name in _OPERANDS:  # compiled kernels are specialized on contiguous, 16-byte aligned operands
             t = self._buffers[name]
             if t is not None and not t.is_meta and (not t.is_contiguous() or t.data_ptr() % 16):
@@ -152,11 +183,12 @@ class SparseLinear24(nn.Module):
             if not bool((idx[..., 0] < idx[..., 1]).all()):
                 raise ValueError(f"{where}: meta is corrupt (some group stores the same column twice); it was not "
                                  "produced by sparsekit.ops.compress_24 for this weight")
-            if perm is not None and not perm.is_meta:
-                try:
-                    check_permutation(perm, k)
-                except ValueError as exc:
-                    raise ValueError(f"{where}: {exc}") from None
+            for name, (order, size) in orders.items():
+                if order is not None and not order.is_meta:
+                    try:
+                        check_permutation(order, size, name=name)
+                    except ValueError as exc:
+                        raise ValueError(f"{where}: {exc}") from None
         self.__dict__["_refused"] = False
         if not values.is_meta:
             # the kernels read the permutation as contiguous int32 (made once here, not per call)
@@ -172,7 +204,7 @@ class SparseLinear24(nn.Module):
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
-        if (name in _OPERANDS or name in ("backend", "perm")) and "_plans" in self.__dict__:
+        if (name in _OPERANDS or name in ("backend", "perm", "in_order", "out_order")) and "_plans" in self.__dict__:
             self.__dict__["_plans"] = {}
             self.__dict__["_operands"] = None  # revalidated on the next call (values and meta change in turn)
 
@@ -218,30 +250,47 @@ class SparseLinear24(nn.Module):
         return plan(x, values, meta, bias, perm)
 
     def dense_weight(self) -> torch.Tensor:
-        """The (out, in) dense weight with zeros, in the original input order (un-permuted)."""
+        """The (out, in) dense weight with zeros, in the original input and output order (un-permuted)."""
         weight = decompress_24(self.values, self.meta)
-        if self.perm is None:
-            return weight
-        dense = torch.empty_like(weight)
-        dense[:, self.perm] = weight
-        return dense
+        columns = self.perm if self.perm is not None else self.in_order
+        if columns is not None:
+            dense = torch.empty_like(weight)
+            dense[:, columns] = weight
+            weight = dense
+        if self.out_order is not None:
+            dense = torch.empty_like(weight)
+            dense[self.out_order] = weight
+            weight = dense
+        return weight
+
+    def dense_bias(self) -> torch.Tensor | None:
+        """The bias in the original output order."""
+        if self.bias is None or self.out_order is None:
+            return self.bias
+        bias = torch.empty_like(self.bias)
+        bias[self.out_order] = self.bias
+        return bias
 
     def to_dense(self) -> nn.Module:
-        """An equivalent dense nn.Linear (or Conv1D, if built from one) holding the weight with zeros."""
+        """A dense nn.Linear (or Conv1D, if built from one) holding the weight with zeros, in the original order.
+
+        Equivalent to this layer when it has no in_order/out_order (those expect a permuted producer or consumer:
+        convert the whole model, `sparsekit.hf.sparsify.to_dense`)."""
         weight = self.dense_weight()
-        has_bias = self.bias is not None
+        bias = self.dense_bias()
+        has_bias = bias is not None
         if self.transposed:
             from transformers.pytorch_utils import Conv1D
 
             dense = Conv1D(self.out_features, self.in_features).to(device=weight.device, dtype=weight.dtype)
             dense.weight.data = weight.t().contiguous()
             if has_bias:
-                dense.bias.data = self.bias.clone()
+                dense.bias.data = bias.clone()
             return dense
         dense = nn.Linear(self.in_features, self.out_features, bias=has_bias, device="meta", dtype=weight.dtype)
         dense.weight = nn.Parameter(weight, requires_grad=False)
         if has_bias:
-            dense.bias = nn.Parameter(self.bias.clone(), requires_grad=False)
+            dense.bias = nn.Parameter(bias.clone(), requires_grad=False)
         return dense
 
     def compressed_bytes(self) -> int:
@@ -251,7 +300,9 @@ class SparseLinear24(nn.Module):
         return self.in_features * self.out_features * self.values.element_size()
 
     def extra_repr(self) -> str:
-        backend = (f", backend={self.backend}" if self.backend else "") + (", input-permuted" if self.perm is not None else "")
+        backend = (f", backend={self.backend}" if self.backend else "") + (", input-permuted" if self.perm is not None else "") \
+            + (", input arrives permuted" if self.in_order is not None else "") \
+            + (", output permuted" if self.out_order is not None else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={self.values.dtype}, 2:4 compressed ({self.compressed_bytes() / self.dense_bytes():.4f}x dense){backend}")
 

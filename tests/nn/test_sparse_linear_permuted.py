@@ -154,8 +154,12 @@ def test_cli_prune_permute_saves_compressed(tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["permute"] is True and summary["compressed"]["sparse_layers"] == 14
     model, _ = sparsekit.load_model(str(tmp_path / "out"))
-    layer = model.model.layers[1].mlp.down_proj
-    assert isinstance(layer, SparseLinear24) and not torch.equal(layer.perm, torch.arange(layer.in_features))
+    mlp = model.model.layers[1].mlp
+    layer = mlp.down_proj  # its permutation was absorbed into gate/up's rows, and the checkpoint keeps that
+    assert isinstance(layer, SparseLinear24) and layer.perm is None
+    assert not torch.equal(layer.in_order, torch.arange(layer.in_features))
+    assert torch.equal(mlp.gate_proj.out_order, layer.in_order) and torch.equal(mlp.up_proj.out_order, layer.in_order)
+    assert mlp.gate_proj.perm is not None
     ids = torch.tensor([[5, 17, 99, 3, 42, 200, 7, 64]])
     with torch.no_grad():
         sparse_logits = model(ids).logits
