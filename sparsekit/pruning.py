@@ -34,7 +34,8 @@ from sparsekit.pipeline import distributed
 from sparsekit.pipeline.block import BlockContext, LayerTarget, walk_blocks
 from sparsekit.pipeline.capture import capture_inputs
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
-from sparsekit.pipeline.placement import DiskStream, module_device, non_block_modules, on_device, plan_placement
+from sparsekit.pipeline.placement import (DiskStream, model_device, module_device, non_block_modules, on_device,
+                                          plan_placement)
 from sparsekit.pipeline.report import LayerReport, PhaseTimer, PruneReport, row_sparsity_spread
 from sparsekit.preflight import check_layer_selection, check_regexes
 from sparsekit.pruners import make_pruner
@@ -141,10 +142,6 @@ class PruneConfig:
             if key.startswith("re:") and re.fullmatch(key[3:], name):
                 return value
         raise ValueError(f"no sparsity given for layer {name!r}; add its name or a 're:<regex>' entry (e.g. 're:.*') to the mapping")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
 
 
 def _check_calibration(input_ids) -> torch.Tensor:

@@ -28,6 +28,11 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's materialised parameters are (CPU when every one is on the meta device)."""
+    return next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
+
+
 def on_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
 
