@@ -15,16 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-SUBCOMMANDS = {}
-
-
-def subcommand(name):
-    def register(fn):
-        SUBCOMMANDS[name] = fn
-        return fn
-    return register
-
-
 def _default_device() -> str:
     import torch
 
@@ -101,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune a model block by block, optionally evaluate and save it")
+    p.set_defaults(run=cmd_prune)
     _add_model_args(p)
     p.add_argument("--method", "--prune_method", default=None, type=str.lower, choices=sorted(PRUNERS), help="default wanda")
     p.add_argument("--preset", default=None, type=str.lower, choices=["fast", "quality"],
@@ -147,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(p)
 
     e = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a (pruned) checkpoint")
+    e.set_defaults(run=cmd_eval)
     _add_model_args(e)
     e.add_argument("--seqlen", type=int, default=None, help="window length (default min(2048, model max))")
     _add_eval_args(e)
@@ -158,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None)
 
     s = sub.add_parser("sparsify", help="store a 2:4-pruned checkpoint compressed (SparseLinear24 layers, 0.5625x weight bytes)")
+    s.set_defaults(run=cmd_sparsify)
     _add_model_args(s)
     s.add_argument("--out", required=True, help="directory to write the compressed checkpoint to (atomic)")
     s.add_argument("--overwrite", action="store_true", help="let --out replace a non-empty directory sparsekit did not write")
@@ -192,7 +185,6 @@ def _protected(args) -> dict:
     return {k: v for k, v in paths.items() if v}
 
 
-@subcommand("prune")
 def cmd_prune(args) -> dict:
     from collections import defaultdict
 
@@ -304,7 +296,6 @@ def _apply_quick(args) -> None:
         args.nsamples = 128
 
 
-@subcommand("eval")
 def cmd_eval(args) -> dict:
     from sparsekit._io import atomic_write_json
     from sparsekit.cli_preflight import check_eval_args
@@ -339,7 +330,6 @@ def cmd_eval(args) -> dict:
     return summary
 
 
-@subcommand("sparsify")
 def cmd_sparsify(args) -> dict:
     from sparsekit._io import atomic_write_json, check_output_dir
     from sparsekit.cli_preflight import check_eval_args
@@ -369,7 +359,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        SUBCOMMANDS[args.command](args)
+        args.run(args)
     except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as exc:
         print(f"sparsekit: error: {exc}", file=sys.stderr)
         return 2
