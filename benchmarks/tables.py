@@ -253,13 +253,25 @@ def _matches(row: BenchRow, filters: dict[str, str]) -> bool:
                for key, value in filters.items())
 
 
+DEFAULT_ACCURACY_MODEL = "smollm2-135m"  # `python -m benchmarks accuracy`'s --model default
+
+
+def _one_model(rows: list[BenchRow]) -> list[BenchRow]:
+    """Rows of one model only: a marker picks it with model=..., else the harness's default model is shown."""
+    models = list(dict.fromkeys(r.params.get("model") for r in rows))
+    if len(models) <= 1:
+        return rows
+    shown = DEFAULT_ACCURACY_MODEL if DEFAULT_ACCURACY_MODEL in models else models[0]
+    return [r for r in rows if r.params.get("model") == shown]
+
+
 def table_accuracy(results, opts) -> str:
     by_device = _rows(results, "accuracy", opts.get("device"))
     if not by_device:
         return _no_results("accuracy", "run `python -m benchmarks accuracy`")
     slug = opts.get("device") or max(by_device, key=lambda s: len(by_device[s]))
     filters = {k: v for k, v in opts.items() if k not in ("device", "ms", "methods", "sparsities", "relative_to")}
-    rows = [r for r in by_device[slug] if _matches(r, filters)]
+    rows = _one_model([r for r in by_device[slug] if _matches(r, filters)])
     if "methods" in opts:  # "Wanda;DSnoT (official)": these rows, in this order
         order = {m: i for i, m in enumerate(["dense", *opts["methods"].split(";")])}
         rows = sorted((r for r in rows if r.provider in order), key=lambda r: order[r.provider])
@@ -366,7 +378,7 @@ def table_presets(results, opts) -> str:
         return _no_results("accuracy", "run `python -m benchmarks accuracy`")
     slug = opts.get("device") or max(by_device, key=lambda s: len(by_device[s]))
     filters = {k: v for k, v in opts.items() if k not in ("device", "sparsities", "relative_to")}
-    ok = [r for r in by_device[slug] if r.status == "ok" and _matches(r, filters)]
+    ok = _one_model([r for r in by_device[slug] if r.status == "ok" and _matches(r, filters)])
     dense = next((r for r in reversed(ok) if r.provider == "dense"), None)
     index = {(r.provider, r.params["sparsity"]): r for r in ok}
     times = {}
