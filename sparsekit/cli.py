@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-fit the kept weights after the method's mask (ALPS's CG on the support or fixed-mask ADMM); "
                         "same as --<method>-update")
     p.add_argument("--permute", action="store_true",
-                   help="N:M only (wanda, magnitude): choose the groups along an input-channel permutation (RIA's "
-                        "reallocation + linear sum assignment); the 2:4 layers of --save-format sparsekit gather x by it")
+                   help="N:M only (wanda, magnitude, sparsegpt, admm, alps, dsnot): choose the groups along an input-channel "
+                        "permutation (RIA's reallocation + linear sum assignment); the 2:4 layers of --save-format "
+                        "sparsekit gather x by it in the kernel (down_proj's is absorbed into gate/up)")
     p.add_argument("--allocation", default=None, type=str.lower, choices=["owl"],
                    help="spread --sparsity over blocks first (owl: from the dense model's outlier ratios; unstructured only)")
     p.add_argument("--owl-m", type=float, default=None, help="OWL: a Wanda score above M x mean is an outlier (default 5)")

@@ -179,8 +179,8 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
     if distributed.world()[1] > 1 and not pruner.supports_distributed:
         raise ValueError(f"method {config.method!r} does not support several processes; run it in one process")
     if config.permute and not pruner.permutable:
-        raise ValueError(f"method {config.method!r} does not choose its mask from a per-layer score, so permute does not "
-                         "apply to it; use permute with wanda or magnitude")
+        raise ValueError(f"method {config.method!r} does not choose its masks layer by layer, so permute does not apply to "
+                         "it; use permute with wanda, magnitude, sparsegpt, admm, alps or dsnot")
     block_path, blocks = find_blocks(model, config.blocks)
     check_layer_selection(model, config.targets, config.ignore, n=config.n, m=config.m, blocks_path=config.blocks)
     device = torch.device(config.device) if config.device else model_device(model)
