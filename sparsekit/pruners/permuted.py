@@ -44,19 +44,10 @@ def hessian_damping(pruner) -> float:
 
 
 def obs_saliency(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """w_ij^2 / [H^-1]_jj with H damped as SparseGPT does (dead inputs, diag 0, get 1): the OBS error of pruning
-    w_ij alone. `ops.sparsegpt_saliency` when this sparsekit has it, else computed here the same way."""
+    """w_ij^2 / [H^-1]_jj with H damped as SparseGPT does: the OBS error of pruning w_ij alone (ops.sparsegpt_saliency)."""
     from sparsekit import ops
 
-    op = getattr(ops, "sparsegpt_saliency", None)
-    if op is not None:
-        return op(weight, hessian, percdamp)
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    h.diagonal().add_(percdamp * torch.diag(h).mean())
-    inverse_diag = torch.cholesky_inverse(torch.linalg.cholesky(h)).diagonal()
-    return (weight.double() ** 2 / inverse_diag).float()
+    return ops.sparsegpt_saliency(weight, hessian, percdamp)
 
 
 def permutation_score(pruner, layer: LayerView, stats: LayerStats, backend: str | None) -> torch.Tensor:
