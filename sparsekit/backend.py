@@ -50,7 +50,7 @@ IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     # DSnoT swaps, see sparsekit.ops.dsnot (inputs prepared there so both backends agree exactly)
     "dsnot": {
         "torch": "sparsekit.torch_backend.dsnot:dsnot",
-        "triton": "sparsekit.triton_kernels.dsnot_swap:dsnot",
+        "triton": "sparsekit.triton_kernels.dsnot:dsnot",
     },
     # DSnoT mode="exact": swaps by the exact change of d H d^T (dense Hessian per layer)
     "dsnot_exact": {
@@ -107,6 +107,8 @@ def register(op: str, backend: str, target: str) -> None:
 
 
 def triton_interpreting() -> bool:
+    """Whether Triton kernels run under the interpreter (TRITON_INTERPRET=1), read at each call: every kernel
+    launcher that adapts to the interpreter asks here, so a test can flip it (monkeypatch) without a re-import."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

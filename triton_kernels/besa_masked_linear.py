@@ -9,11 +9,12 @@ probability of rank t is P(t) = sum_k p_k [t >= tau_k], so dL/dp_k = sum_{k' <= 
 prefix sum over 101 values, done by the caller). Neither W*M nor the [candidates x in] probability
 matrix of the reference implementation is materialised; bins are accumulated with atomics.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from sparsekit import backend
 
 
 @triton.jit
@@ -103,11 +104,8 @@ def _precision(dtype: torch.dtype):
 
 # UPCAST converts the tiles to fp32 before tl.dot: under the interpreter, whose tl.dot mis-handles bf16 (numpy
 # has no bf16), and for float64 inputs everywhere (the accumulator is fp32; a GPU's fp64 dot does not fit it).
-_UPCAST = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _upcast(dtype: torch.dtype) -> bool:
-    return _UPCAST or dtype == torch.float64
+    return backend.triton_interpreting() or dtype == torch.float64
 
 
 def besa_masked_linear_forward(x, weight, ranks, prune_counts, block_t=64, block_n=64, block_k=32):

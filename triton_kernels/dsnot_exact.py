@@ -17,8 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsekit.torch_backend.dsnot_exact import initial_residual
-
 BIG: tl.constexpr = tl.constexpr(2**30)  # index sentinel above any column; a jit function reads only constexpr globals
 
 
@@ -90,7 +88,7 @@ def _dsnot_exact_kernel(W, KEEP, R, H, DIAG, cols, stride_w, stride_k, stride_r,
                 active = 0
 
 
-def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
+def dsnot_exact(weight, keep, hessian, residual, max_cycles, m=0):
     """Same contract as sparsekit.torch_backend.dsnot_exact.dsnot_exact (inputs checked by sparsekit.ops.dsnot)."""
     rows, cols = weight.shape
     if max_cycles == 0 or rows == 0:
@@ -99,7 +97,7 @@ def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
         raise ValueError(f"the Triton DSnoT exact kernel needs M to be a power of two, got {m}; use backend='torch'")
     H = hessian.to(device=weight.device, dtype=torch.float32).contiguous()
     W = weight.float().contiguous()
-    R = initial_residual(W, keep, reference.float(), H)
+    R = residual.contiguous()  # updated in place by the kernel
     out = keep.to(torch.uint8).contiguous()
     block = max(triton.next_power_of_2(min(cols, 1024)), 16, m)
     _dsnot_exact_kernel[(rows,)](W, out, R, H, H.diagonal().contiguous(), cols, W.stride(0), out.stride(0), R.stride(0),

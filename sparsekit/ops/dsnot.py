@@ -8,6 +8,7 @@ import torch
 from sparsekit import backend as _backend
 from sparsekit._validate import check_mask, check_nm, check_same_device, check_square, check_tensor, check_vector
 from sparsekit.ops.selection import check_weight
+from sparsekit.torch_backend.dsnot_exact import ROW_CHUNK
 
 MODES = ("official", "error", "exact")
 DEFAULT_MODE = "exact"
@@ -56,6 +57,18 @@ def initial_error(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor) 
     """
     c = weight.float() * mean.float().unsqueeze(0)
     return torch.where(keep, torch.zeros_like(c), c).double().sum(dim=1)
+
+
+def initial_residual(W: torch.Tensor, keep: torch.Tensor, W0: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """mode='exact''s R = (W0 - W * M) H in float32 (W, W0, H float32), in chunks of ROW_CHUNK rows.
+
+    Both backends start from this one computation (and update it in place), so their decisions agree exactly.
+    """
+    R = torch.empty(W.shape, dtype=torch.float32, device=W.device)
+    for start in range(0, W.shape[0], ROW_CHUNK):
+        rows = slice(start, start + ROW_CHUNK)
+        R[rows] = (W0[rows] - torch.where(keep[rows], W[rows], torch.zeros_like(W[rows]))) @ H
+    return R
 
 
 def dsnot(
@@ -138,7 +151,7 @@ def dsnot(
     )
 
 
-def choose_exact_backend(device, weight, keep, hessian, reference, max_cycles, m):
+def choose_exact_backend(device, weight, keep, hessian, residual, max_cycles, m):
     """The Triton kernel handles unstructured and power-of-two M; other N:M patterns run in torch."""
     return "torch" if m & (m - 1) else None
 
@@ -159,7 +172,8 @@ def _dsnot_exact(weight, keep, hessian, reference, max_cycles, m, return_error, 
     if reference.shape != weight.shape:
         raise ValueError(f"reference has shape {tuple(reference.shape)}; it must be the dense weight, shape {tuple(weight.shape)}")
     check_same_device(weight=weight, hessian=hessian, reference=reference)
-    keep = _backend.call("dsnot_exact", backend, weight.device, weight, keep, hessian, reference, max_cycles, m)
+    residual = initial_residual(weight.float(), keep, reference.float(), hessian.to(device=weight.device, dtype=torch.float32))
+    keep = _backend.call("dsnot_exact", backend, weight.device, weight, keep, hessian, residual, max_cycles, m)
     if not return_error:
         return keep
     d = reference.double() - torch.where(keep, weight.double(), torch.zeros((), dtype=torch.float64, device=weight.device))

@@ -34,17 +34,9 @@ def _best_pair(grow, prune, m):
 ROW_CHUNK = 4096  # rows refined together (bounds the (rows, in) work tensors)
 
 
-def initial_residual(W, keep, W0, H, row_chunk=ROW_CHUNK):
-    """R = (W0 - W * M) H in float32, computed per chunk of rows exactly as `dsnot_exact` does."""
-    R = torch.empty(W.shape, dtype=torch.float32, device=W.device)
-    for start in range(0, W.shape[0], row_chunk):
-        rows = slice(start, start + row_chunk)
-        R[rows] = (W0[rows] - torch.where(keep[rows], W[rows], torch.zeros_like(W[rows]))) @ H
-    return R
-
-
-def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
-    """keep after at most max_cycles exact-error swaps per row; see the module docstring."""
+def dsnot_exact(weight, keep, hessian, residual, max_cycles, m=0):
+    """keep after at most max_cycles exact-error swaps per row; see the module docstring. `residual` is the
+    initial R = (W0 - W * M) H in float32 (sparsekit.ops.dsnot.initial_residual), updated in place."""
     keep = keep.clone()
     if max_cycles == 0:
         return keep
@@ -53,7 +45,7 @@ def dsnot_exact(weight, keep, hessian, reference, max_cycles, m=0):
     for start in range(0, weight.shape[0], ROW_CHUNK):
         rows = slice(start, start + ROW_CHUNK)
         W = weight[rows].float()
-        R = initial_residual(W, keep[rows], reference[rows].float(), H)
+        R = residual[rows]
         keep[rows] = _refine_rows(W, keep[rows], R, H, diag, max_cycles, m)
     return keep
 

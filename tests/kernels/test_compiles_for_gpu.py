@@ -11,8 +11,8 @@ compile, with the kernel's name, the variant and Triton's message.
 Kernels covered today (test_kernel_list_is_current keeps this list equal to what discovery finds):
     activation_stats: _activation_partials_kernel
     besa_masked_linear: _forward_kernel, _grad_x_kernel, _grad_bins_kernel
+    dsnot: _dsnot_kernel
     dsnot_exact: _dsnot_exact_kernel
-    dsnot_swap: _dsnot_kernel
     selection: _row_select_kernel, _nm_select_kernel, _matrix_histogram_kernel, _matrix_pick_kernel,
                  _matrix_ties_kernel, _matrix_mask_kernel
     sparse24_matmul: _sparse24_matmul_kernel
@@ -153,8 +153,8 @@ def compile_all() -> dict:
 
     start = time.perf_counter()
     jobs, problems = plan()
-    # dsnot_swap variants take the longest: start them first so they do not finish last
-    jobs.sort(key=lambda job: (job[0] != "dsnot_swap", job[0] != "sparse24_matmul"))
+    # dsnot variants take the longest: start them first so they do not finish last
+    jobs.sort(key=lambda job: (job[0] != "dsnot", job[0] != "sparse24_matmul"))
     workers = int(os.environ.get("SPARSEKIT_COMPILE_JOBS", 0)) or os.cpu_count() or 1
     failures, seconds = [], {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:

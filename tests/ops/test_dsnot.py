@@ -1,5 +1,5 @@
 """ops.dsnot: mode="official" against a literal per-row port of zyxxmu/DSnoT `prune_DSnoT`, the
-error mode's guarantees, and every input check. (Triton vs torch: tests/kernels/test_dsnot_swap.py.)"""
+error mode's guarantees, and every input check. (Triton vs torch: tests/kernels/test_dsnot.py.)"""
 import pytest
 import torch
 

@@ -15,11 +15,12 @@ error rule: accept iff (eps^2 - eps_new^2) + W_g^2 s_g - W_q^2 s_q > 0 (s = cost
 rejected (or exhausted) swap freezes the row. eps, pointers and the active flag live in registers;
 the accepted swaps are list prefixes (plus the pruned columns for N:M) and are stored once at the end.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from sparsekit import backend
 
 SENTINEL: tl.constexpr = tl.constexpr(2**63 - 1)  # "no candidate" key, above every real key
 COLMAX: tl.constexpr = tl.constexpr(2**31 - 1)
@@ -182,8 +183,9 @@ def _dsnot_kernel(
         tl.store(base + pruned_cols, nil, mask=pruned_cols >= 0)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def _gpu_layout() -> bool:
+    """Tiles and merge as on a GPU; not under the interpreter (numpy-backed: few large tiles are much faster)."""
+    return not backend.triton_interpreting()
 
 
 def dsnot(weight, keep, mean, grow_scale, col_norm, eps0, max_cycles, threshold, same_sign, n, m,
@@ -199,7 +201,8 @@ def dsnot(weight, keep, mean, grow_scale, col_norm, eps0, max_cycles, threshold,
     out_u8 = out.view(torch.uint8)
     listlen = max(16, triton.next_power_of_2(min(max_cycles, cols)))  # any length >= T gives the same masks
     block_r = max(1, min(8, 512 // listlen))
-    if _interpreting():  # numpy-backed: few large tiles and programs are much faster
+    gpu_layout = _gpu_layout()
+    if not gpu_layout:
         listlen = max(listlen, min(triton.next_power_of_2(cols), 256))
         block_r = min(triton.next_power_of_2(rows), 64)
     if cost_scale is None:
@@ -210,7 +213,7 @@ def dsnot(weight, keep, mean, grow_scale, col_norm, eps0, max_cycles, threshold,
         col_norm.float().contiguous(), cost_scale.double().contiguous(), eps0.double().contiguous(), eps,
         rows, cols, weight.stride(0), keep_u8.stride(0), out_u8.stride(0), float(threshold), int(max_cycles),
         SAME_SIGN=bool(same_sign or m), ERROR_RULE=bool(error_rule), N=int(n), M=int(m),
-        BLOCK_R=block_r, LIST=listlen, LOG=listlen.bit_length() - 1, LIBRARY_SORT=not _interpreting(),
+        BLOCK_R=block_r, LIST=listlen, LOG=listlen.bit_length() - 1, LIBRARY_SORT=gpu_layout,
         num_warps=4, enable_fp_fusion=False,
     )
     return (out, eps) if return_error else out

@@ -1,4 +1,4 @@
-"""Fused Triton DSnoT (triton_kernels/dsnot_swap.py) against the torch backend: masks and final eps
+"""Fused Triton DSnoT (triton_kernels/dsnot.py) against the torch backend: masks and final eps
 must be identical. Row counts are not multiples of the row block, widths are odd, inputs include ties
 (integer values), zero-variance columns, rows with eps exactly 0 and rows with few C < 0 weights
 (list exhaustion). Runs natively on a GPU, under the Triton interpreter otherwise.
@@ -105,9 +105,9 @@ def test_zero_error_rows_and_exhausted_lists():
 def test_small_tiles_as_on_gpu(monkeypatch):
     """The GPU layout (16-entry lists, 8-row blocks; many tile merges per row) and the GPU's merge
     (tl.sort instead of the hand-written bitonic network) give the torch masks too."""
-    from sparsekit.triton_kernels import dsnot_swap
+    from sparsekit.triton_kernels import dsnot
 
-    monkeypatch.setattr(dsnot_swap, "_interpreting", lambda: False)
+    monkeypatch.setattr(dsnot, "_gpu_layout", lambda: True)
     W, keep, mean, var, sq_norm = problem(11, 75, 0.5, seed=6)
     both(W, keep, mean, var, sq_norm, max_cycles=10, threshold=0.01)
     W, keep, mean, var, sq_norm = problem(9, 48, n=2, m=4, seed=7, ties=True)
