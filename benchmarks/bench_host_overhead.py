@@ -8,7 +8,8 @@ only Python is counted, Triton's launcher object included (its C launch and cuLa
 GPU host, are not); nn.Linear runs
 for real on a tiny shape (32x64 fp32) where its compute is negligible (compare its M=1 and M=16 times).
 Rows: benchmark "host-overhead", cases `forward/<N>x<K>/M=<m>` (metric "host time per call", µs; the
-SparseLinear24 row's derived `over_linear_us` is the median of the per-round differences) and `generate/tiny-llama/batch=1`
+SparseLinear24 row's derived `over_linear_us` is the median of the per-round differences; provider
+"SparseLinear24+perm" is the same layer channel-permuted, its gather folded into the kernel) and `generate/tiny-llama/batch=1`
 (tokens/s of eager `model.generate`, dense vs 2:4; on CPU the 2:4 layers run the torch provider, which
 decompresses the weight every call).
 """
@@ -146,6 +147,17 @@ def _layers(n: int, k: int, dtype, device):
     return linear, SparseLinear24.from_linear(linear)
 
 
+def _permuted_layers(n: int, k: int, dtype, device):
+    """A dense Linear that is 2:4 along a random input permutation, and its SparseLinear24 (with perm)."""
+    from sparsekit.nn import SparseLinear24
+
+    torch.manual_seed(1)
+    perm = torch.randperm(k, device=device)
+    linear = nn.Linear(k, n, device=device, dtype=dtype).requires_grad_(False)
+    linear.weight[:, perm] = prune_24_by_magnitude(linear.weight[:, perm])
+    return linear, SparseLinear24.from_linear(linear, perm=perm)
+
+
 def forward_rows(ctx: RunContext, args) -> list:
     cuda = ctx.is_cuda
     shape = args.host_shape or ("4096x4096" if cuda else "32x64")
@@ -155,6 +167,7 @@ def forward_rows(ctx: RunContext, args) -> list:
     repeats = args.host_repeats or (3 if ctx.quick else 15)
     launch = "real" if cuda else "stubbed (CUDA Triton path emulated on CPU)"
     linear, sparse = _layers(n, k, dtype, ctx.device)
+    linear_p, permuted = _permuted_layers(n, k, dtype, ctx.device)
     rows = []
     with torch.no_grad(), (contextlib.nullcontext(None) if cuda else emulated_cuda_launch()) as stub:
         for m in MS:
@@ -166,22 +179,26 @@ def forward_rows(ctx: RunContext, args) -> list:
             x = torch.randn(m, k, device=ctx.device, dtype=dtype)
             try:
                 torch.testing.assert_close(sparse(x), linear(x), atol=1e-2, rtol=1e-2)  # warm-up builds the plan
+                torch.testing.assert_close(permuted(x), linear_p(x), atol=1e-2, rtol=1e-2)  # its own (permuted) plan
                 before = stub.launches if stub else 0
-                dense_us, ours_us = per_call_us([linear, sparse], x, calls, repeats, ctx.device)
-                dense, ours = _quantiles(dense_us), _quantiles(ours_us)
-                if stub is not None and stub.launches - before != calls * repeats:
+                dense_us, ours_us, perm_us = per_call_us([linear, sparse, permuted], x, calls, repeats, ctx.device)
+                dense, ours, ours_perm = _quantiles(dense_us), _quantiles(ours_us), _quantiles(perm_us)
+                if stub is not None and stub.launches - before != 2 * calls * repeats:
                     raise RuntimeError("SparseLinear24 did not take the emulated launch-plan path")
             except Exception as exc:  # a row saying why beats a crashed suite
                 rows.append(skip_row(ctx, BENCHMARK, case, "SparseLinear24", describe_exception(exc), status="error",
                                      metric="host time per call", unit="us", params=params))
                 continue
             over = statistics.median(o - d for o, d in zip(ours_us, dense_us))  # paired by round
+            over_perm = statistics.median(o - d for o, d in zip(perm_us, dense_us))
             ctx.log(f"{case}: nn.Linear {dense['median']:.2f} µs, SparseLinear24 {ours['median']:.2f} µs "
-                    f"({over:+.2f} µs; launch {launch})")
+                    f"({over:+.2f} µs), input-permuted {ours_perm['median']:.2f} µs ({over_perm:+.2f} µs; launch {launch})")
             rows.append(ctx.row(benchmark=BENCHMARK, case=case, provider="nn.Linear", metric="host time per call",
                                 unit="us", params=params, **dense))
             rows.append(ctx.row(benchmark=BENCHMARK, case=case, provider="SparseLinear24", metric="host time per call",
                                 unit="us", params=params, derived={"over_linear_us": over}, **ours))
+            rows.append(ctx.row(benchmark=BENCHMARK, case=case, provider="SparseLinear24+perm", metric="host time per call",
+                                unit="us", params=params, derived={"over_linear_us": over_perm}, **ours_perm))
     return rows
 
 

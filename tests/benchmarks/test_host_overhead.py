@@ -19,6 +19,8 @@ def test_host_overhead_quick_run_writes_paired_rows(tmp_path):
         assert dense.status == ours.status == "ok", ours.reason
         assert ours.unit == "us" and ours.median > 0 and "stubbed" in ours.params["launch"]
         assert isinstance(ours.derived["over_linear_us"], float)
+        permuted = rows[(f"forward/32x64/M={m}", "SparseLinear24+perm")]
+        assert permuted.status == "ok" and permuted.median > 0 and isinstance(permuted.derived["over_linear_us"], float)
         assert ours.device_kind == "cpu" and ours.torch == torch.__version__ and ours.triton
     generate = {p: rows[("generate/tiny-llama/batch=1", p)] for p in ("dense", "2:4")}
     assert all(r.status == "ok" and r.median > 0 for r in generate.values())
