@@ -217,9 +217,11 @@ def run(ctx: RunContext, args) -> None:
                 config = sparsekit.PruneConfig(method=method, sparsity=sparsity, pattern=label if sparsity is None else "unstructured",
                                                device=str(ctx.device), method_options=method_options, allocation=allocation,
                                                batch_size=batch_size, permute=permute)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 report = sparsekit.prune(model, calib, config)
-                derived.update(prune_seconds=time.perf_counter() - start, sparsity_reached=report.sparsity,
+                # process CPU seconds next to wall seconds: on a shared CPU only the former compare across runs
+                derived.update(prune_seconds=time.perf_counter() - start, prune_cpu_seconds=time.process_time() - cpu_start,
+                               threads=torch.get_num_threads(), sparsity_reached=report.sparsity,
                                load_average=round(os.getloadavg()[0], 1),
                                pruned_weights=sum(round(r.reached * r.shape[0] * r.shape[1]) for r in report.layers),
                                total_weights=sum(r.shape[0] * r.shape[1] for r in report.layers),

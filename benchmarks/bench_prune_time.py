@@ -121,15 +121,16 @@ def run(ctx: RunContext, args) -> None:
                                            method_options=method_options, allocation=allocation, permute=permute)
             ctx.log(f"prune-time {case} ({calib_desc}) on {ctx.device}")
             try:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 report = sparsekit.prune(model, calib, config)
-                total = time.perf_counter() - start
+                total, cpu_total = time.perf_counter() - start, time.process_time() - cpu_start
             except Exception as exc:
                 ctx.save(BENCHMARK, [skip_row(ctx, BENCHMARK, case, name, describe_exception(exc), status="error",
                                               metric="prune seconds", unit="s", params=params)])
                 continue
             derived = {"phases": {k: float(v) for k, v in report.seconds.items()}, "sparsity_reached": report.sparsity,
-                       "peak_memory_bytes": report.peak_memory_bytes, "layers": len(report.layers)}
+                       "peak_memory_bytes": report.peak_memory_bytes, "layers": len(report.layers),
+                       "cpu_seconds": cpu_total, "threads": torch.get_num_threads()}  # process CPU time: comparable on a shared CPU
             ctx.log(f"  {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items()))
             ctx.save(BENCHMARK, [ctx.row(benchmark=BENCHMARK, case=case, provider=name, metric="prune seconds", unit="s",
                                          median=total, params=params, derived=derived)])

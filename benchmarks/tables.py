@@ -395,18 +395,20 @@ def table_presets(results, opts) -> str:
             provider = config_label(recipe.method, recipe.allocation, options)
             row, reference = index.get((provider, label)), index.get((base, label))
             nm = ":" in label
+            cpu = "prune_cpu_seconds"  # wall seconds of separate runs on a shared CPU do not compare; CPU seconds do
             if (provider, nm) in times and (base, nm) in times:
                 cost = _fmt(times[(provider, nm)] / times[(base, nm)], 1, "×")
-            elif row and reference and "prune_seconds" in row.derived and "prune_seconds" in reference.derived:
-                cost = _fmt(row.derived["prune_seconds"] / reference.derived["prune_seconds"], 1, "×*")
+            elif row and reference and cpu in row.derived and cpu in reference.derived:
+                cost = _fmt(row.derived[cpu] / reference.derived[cpu], 1, "×*")
             else:
-                cost = "–"
+                cost = recipe.cost or "–"
             body.append([name, label, f"`{_preset_flags(recipe)}`", _fmt(row.median, 2) if row else "not measured",
                          _fmt(row.median / dense.median, 2, "×") if row and dense else "–",
                          f"{(row.median / reference.median - 1) * 100:+.1f}%" if row and reference else "–", cost])
             used += [r for r in (row, reference) if r]
     head = ("`--preset NAME` resolves to these flags (explicit flags win); perplexity as in the accuracy table"
-            + (f" (dense **{dense.median:.2f}**)" if dense else "") + f"; time: total pruning seconds against {base}'s.")
+            + (f" (dense **{dense.median:.2f}**)" if dense else "") + f"; time: total pruning seconds against {base}'s "
+            "(the prune-time benchmark; * the accuracy runs' process CPU seconds; otherwise the preset's documented cost).")
     header = ["preset", "sparsity", "same as", "ppl", "× dense", f"vs {base}", f"time vs {base}"]
     return _join(head, _md_table(header, body), provenance(used + ([dense] if dense else [])) if used else "")
 

@@ -1,4 +1,6 @@
 """--preset quality|fast: resolution per pattern and sparsity, explicit settings win, bad names fail clearly."""
+import json
+
 import pytest
 
 from sparsekit import presets
@@ -74,3 +76,18 @@ def test_cli_choices_are_the_presets(capsys):
     assert "invalid choice: 'best'" in capsys.readouterr().err
     action = next(a for a in parser._subparsers._group_actions[0].choices["prune"]._actions if a.dest == "preset")
     assert sorted(action.choices) == presets.preset_names()
+
+
+def test_cli_prune_with_a_preset(tmp_path):
+    from sparsekit.cli import main
+    from tests.helpers import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(" ".join(f"The river {i} flows past the old mill." for i in range(300)))
+    summary = tmp_path / "summary.json"
+    rc = main(["prune", "--model", str(tmp_path / "model"), "--nsamples", "4", "--seqlen", "32", "--device", "cpu",
+               "--calib", str(tmp_path / "calib.txt"), "--preset", "fast", "--pattern", "2:4", "--json", str(summary)])
+    assert rc == 0
+    recorded = json.loads(summary.read_text())
+    assert recorded["method"] == "sparsegpt" and recorded["sparsity_reached"] == pytest.approx(0.5)
+    assert recorded["method_options"] == {"update": "alps"}
