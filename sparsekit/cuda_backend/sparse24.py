@@ -109,9 +109,10 @@ def _aligned_x(x2d: torch.Tensor) -> torch.Tensor:
 
 
 def _kernel_perm(perm: torch.Tensor | None) -> torch.Tensor | None:
-    if perm is None or (perm.dtype == torch.int32 and perm.is_contiguous()):
+    """perm as the kernels read it: contiguous, 16-byte aligned int32 (copied only when it is not)."""
+    if perm is None or (perm.dtype == torch.int32 and perm.is_contiguous() and perm.data_ptr() % 16 == 0):
         return perm
-    return perm.to(torch.int32).contiguous()
+    return perm.to(torch.int32).clone(memory_format=torch.contiguous_format)
 
 
 def sparse24_decode(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None,
