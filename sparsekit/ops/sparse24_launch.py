@@ -114,8 +114,8 @@ def run(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch
     check_perm_operand(perm, k, x2d.device)
     if x2d.shape[0] == 0:
         return x2d.new_zeros(0, n)
-    if perm is not None and (perm.dtype != torch.int32 or not perm.is_contiguous()):
-        perm = perm.to(torch.int32).contiguous()
+    if perm is not None and (perm.dtype != torch.int32 or not perm.is_contiguous() or perm.data_ptr() % 16):
+        perm = perm.to(torch.int32).clone(memory_format=torch.contiguous_format)  # plans assume an aligned pointer
     plan, out = shared_plan(x2d, values, meta, bias, backend, perm)
     if out is not None:
         return out
