@@ -180,6 +180,19 @@ def test_no_import_climbs_the_layers():
     assert not gone, f"these KNOWN_UPWARD arrows are gone; delete them from the list: {gone}"
 
 
+# architecture.md §3: preprocessing both backends share lives in ops/, so no kernel module imports the torch
+# backend. The one left (F's 2:4 matmul: m_bucket and its reference) is listed; the list can only shrink.
+KERNELS_IMPORTING_TORCH_BACKEND = {"sparsekit.triton_kernels.sparse24_matmul"}
+
+
+def test_kernels_never_import_the_torch_backend():
+    _, edges = import_graph()
+    found = {a for a, targets in edges.items() if a.startswith("sparsekit.triton_kernels.")
+             and any(t == "sparsekit.torch_backend" or t.startswith("sparsekit.torch_backend.") for t in targets)}
+    assert found <= KERNELS_IMPORTING_TORCH_BACKEND, f"move the shared code into the op (ops/): {sorted(found - KERNELS_IMPORTING_TORCH_BACKEND)}"
+    assert found == KERNELS_IMPORTING_TORCH_BACKEND, f"delete from the list: {sorted(KERNELS_IMPORTING_TORCH_BACKEND - found)}"
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from sparsekit import ops\n", {"sparsekit.ops"}),
     ("from sparsekit import __version__\n", {"sparsekit"}),

@@ -17,8 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsekit.torch_backend.activation_stats import activation_sums as torch_activation_sums
-
 BLOCK_C = 128  # features per program (contiguous in memory)
 BLOCK_S = 32  # tokens per tile
 PROGRAMS_PER_SM = 4  # split sequences into token spans until the grid has about this many programs per SM
@@ -82,8 +80,9 @@ def activation_sums(x: torch.Tensor, *, token_splits: int | None = None) -> tupl
     batch, seq_len, channels = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()  # features must be contiguous for coalesced loads; other strides are free
-    if x.numel() == 0:
-        return torch_activation_sums(x)  # nothing to launch; keeps the reference's empty-input results
+    if x.numel() == 0:  # nothing to launch: no sequences (or no features) sum to zeros
+        zeros = torch.zeros(channels, dtype=torch.float32, device=x.device)  # (the op rejects sequences of 0 tokens)
+        return zeros, zeros.clone(), zeros.clone()
     feature_blocks = triton.cdiv(channels, BLOCK_C)
     splits = token_splits if token_splits is not None else _auto_splits(x, feature_blocks)
     splits = max(1, min(splits, triton.cdiv(seq_len, BLOCK_S)))

@@ -42,6 +42,13 @@ def test_matches_torch_backend_and_float64(shape, dtype):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * x.shape[0] * x.shape[1])
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 7), (2, 3, 0)])
+def test_empty_inputs_give_the_torch_backends_zeros(shape):
+    x = torch.randn(shape).to(KERNEL_DEVICE)
+    for g, w in zip(triton_sums(x), torch_sums(x)):
+        assert g.dtype == w.dtype == torch.float32 and torch.equal(g, w)
+
+
 @pytest.mark.parametrize("token_splits", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_large_mean_activations_stay_accurate(token_splits, dtype):
