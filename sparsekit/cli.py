@@ -49,14 +49,16 @@ def _add_layer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _option_flags(method: str, field: dataclasses.Field) -> list[str]:
-    flags = [f"--{method}-{field.name.replace('_', '-')}"]
+    flags = [f"--{method}-{field.metadata.get('flag', field.name.replace('_', '-'))}"]
     return flags + list(field.metadata.get("aliases", ()))
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """--<method>-<option> for every pruner's and allocation's options (sparsekit.options.option fields)."""
+    from sparsekit.allocation import ALLOCATIONS, options_class
     from sparsekit.pruners import PRUNERS
 
-    for method, cls in sorted(PRUNERS.items()):
+    for method, cls in [*sorted(PRUNERS.items()), *((name, options_class(name)) for name in sorted(ALLOCATIONS))]:
         group = p.add_argument_group(f"{method} options")
         for field in dataclasses.fields(cls):
             kwargs = dict(dest=f"opt__{method}__{field.name}", default=None, metavar=field.name.upper(), help=field.metadata.get("help", f"default {field.default!r}"))
@@ -117,8 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "sparsekit gather x by it in the kernel (down_proj's is absorbed into gate/up)")
     p.add_argument("--allocation", default=None, type=str.lower, choices=["owl"],
                    help="spread --sparsity over blocks first (owl: from the dense model's outlier ratios; unstructured only)")
-    p.add_argument("--owl-m", type=float, default=None, help="OWL: a Wanda score above M x mean is an outlier (default 5)")
-    p.add_argument("--owl-lambda", type=float, default=None, help="OWL: block densities spread over 2 x lambda (default 0.08)")
     p.add_argument("--offload", default="auto", choices=["auto", "none", "cpu", "disk"],
                    help="where blocks wait between their turns: auto (by --max-gpu-memory), none (all on the device), "
                         "cpu (CPU memory, one block at a time on the device), disk (streamed from the checkpoint's safetensors)")
@@ -190,6 +190,7 @@ def cmd_prune(args) -> dict:
     from collections import defaultdict
 
     from sparsekit._io import atomic_write_json, check_output_dir
+    from sparsekit.allocation import ALLOCATIONS
     from sparsekit.cli_preflight import check_prune_args
     from sparsekit.data.text import calibration_ids
     from sparsekit.eval.bos import resolve_add_bos
@@ -211,7 +212,7 @@ def cmd_prune(args) -> dict:
         method_options={**method_options(args, args.method), **({"update": args.update} if args.update else {})},
         batch_size=args.batch_size, device=device, blocks=args.blocks, backend=args.backend, offload=args.offload,
         max_gpu_memory=args.max_gpu_memory, checkpoint_dir=args.checkpoint_dir, allocation=args.allocation,
-        allocation_options={k: v for k, v in (("m", args.owl_m), ("lam", args.owl_lambda)) if v is not None},
+        allocation_options={k: v for name in ALLOCATIONS for k, v in method_options(args, name).items()},
         permute=args.permute, **({"targets": args.targets} if args.targets else {}),
         **({"ignore": args.ignore} if args.ignore else {}))
     config.check_save_format(args.save_format)

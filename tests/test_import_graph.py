@@ -35,8 +35,8 @@ LAYERS = [
     ("backend/triton_kernels", ("sparsekit.backend", "sparsekit.triton_kernels")),
     ("torch_backend", ("sparsekit.torch_backend",)),
     # below the stack: plumbing every layer may use, which imports none of the layers above
-    ("foundation", ("sparsekit._io", "sparsekit._validate", "sparsekit._ext", "sparsekit._version",
-                    "sparsekit.data", "sparsekit.dtypes")),
+    ("foundation", ("sparsekit._io", "sparsekit.checks", "sparsekit._ext", "sparsekit._version",
+                    "sparsekit.data", "sparsekit.dtypes", "sparsekit.options")),
 ]
 
 # Upward arrows that stay until a move in a file another change is still editing; each names that move.

@@ -19,6 +19,11 @@ def _module(name: str):
     return importlib.import_module(ALLOCATIONS[name])
 
 
+def options_class(name: str) -> type:
+    """The dataclass of allocation `name`'s options (fields declared with sparsekit.options.option)."""
+    return _module(name).OPTIONS
+
+
 def check_allocation(config) -> None:
     """Validate config.allocation and config.allocation_options (PruneConfig calls this)."""
     if config.allocation is None:

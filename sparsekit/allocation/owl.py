@@ -23,6 +23,7 @@ import torch
 from sparsekit import ops
 from sparsekit.allocation.budget import apportion, budget_count, exact_fraction
 from sparsekit.hf.layers import select_layers
+from sparsekit.options import option
 from sparsekit.pipeline.block import BlockContext, walk_blocks
 from sparsekit.pipeline.capture import BlockInputs
 from sparsekit.pipeline.report import PhaseTimer
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 class OWLOptions:
     """m: outlier threshold (a score is an outlier above m * mean); lam: half-width of the density spread."""
 
-    m: float = 5.0
-    lam: float = 0.08
+    m: float = option(5.0, "OWL: a Wanda score above M x mean is an outlier (default 5)")
+    lam: float = option(0.08, "OWL: block densities spread over 2 x lambda (default 0.08)", flag="lambda")
 
     def __post_init__(self):
         if not isinstance(self.m, (int, float)) or not self.m > 0:

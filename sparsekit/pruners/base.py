@@ -18,11 +18,12 @@ on the permuted problem and mapped back (exact, see sparsekit.pruners.permuted).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from sparsekit.hf.layers import LayerView
+from sparsekit.options import option  # noqa: F401 (pruners declare their options with it)
 from sparsekit.pipeline.block import BlockContext, LayerResult, LayerStats, LayerTarget  # noqa: F401 (pruners import them here)
 
 
@@ -33,13 +34,11 @@ UPDATES = ("none", "alps", "admm")
 class Pruner:
     """Base class; subclasses are dataclasses whose fields are the method's options."""
 
-    update: str = field(default="none", metadata={
-        "help": "weight update on the chosen mask: none, alps (CG on the support, ALPS) or admm (fixed-mask ADMM, "
-                "Boza); see sparsekit.ops.reconstruct"})
-    update_iters: int | None = field(default=None, metadata={
-        "parse": int, "help": "update iterations: CG steps for alps (default 10, as ALPS), ADMM steps for admm (default 20)"})
+    update: str = option("none", "weight update on the chosen mask: none, alps (CG on the support, ALPS) or admm "
+                                 "(fixed-mask ADMM, Boza); see sparsekit.ops.reconstruct")
+    update_iters: int | None = option(None, "update iterations: CG steps for alps (default 10, as ALPS), ADMM steps "
+                                            "for admm (default 20)", parse=int)
 
-    name = "base"
     needs_activations = False
     needs_hessian = False
     supports_distributed = True  # False for methods that train (their gradients are not reduced)
@@ -102,11 +101,11 @@ class Pruner:
     def check_update(self) -> None:
         """Raise when `update` is not one of UPDATES or this method cannot take one."""
         if self.update not in UPDATES:
-            raise ValueError(f"{self.name}: unknown update {self.update!r}; choose one of {UPDATES}")
+            raise ValueError(f"{type(self).__name__}: unknown update {self.update!r}; choose one of {UPDATES}")
         if self.update_iters is not None and (not isinstance(self.update_iters, int) or self.update_iters < 0):
-            raise ValueError(f"{self.name}: update_iters must be an int >= 0, got {self.update_iters!r}")
+            raise ValueError(f"{type(self).__name__}: update_iters must be an int >= 0, got {self.update_iters!r}")
         if self.update != "none" and not self.takes_update:
-            raise ValueError(f"method {self.name!r} prunes whole blocks and takes no weight update; use update='none'")
+            raise ValueError(f"{type(self).__name__} prunes whole blocks and takes no weight update; use update='none'")
 
     def updated(self, layer: LayerView, stats: LayerStats, result: LayerResult) -> LayerResult:
         """`result` with its kept weights re-fitted by ops.reconstruct against the dense weights."""

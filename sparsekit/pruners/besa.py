@@ -22,25 +22,25 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from sparsekit import ops
-from sparsekit.allocation.budget import budget_count, project_row_counts
-from sparsekit.ops.dsnot import DEFAULT_MODE as DSNOT_DEFAULT_MODE
+from sparsekit.allocation.budget import budget_count, exact_fraction, project_row_counts
 from sparsekit.pipeline.capture import block_output
 from sparsekit.ops.besa_masked_linear import expected_sparsity, prune_counts, reachable_sparsity, target_log_prior
-from sparsekit.pruners.base import BlockContext, LayerResult, Pruner
-from sparsekit.torch_backend.sparsegpt import _inverse_cholesky
+from sparsekit.pruners.base import BlockContext, LayerResult, LayerTarget, Pruner, option
+from sparsekit.pruners.registry import make_pruner
 
 log = logging.getLogger(__name__)
 
 GRANULARITIES = ("row", "layer")
 METRICS = ("wanda", "magnitude", "sparsegpt")
 ROW_METHODS = ("besa", "wanda", "sparsegpt", "dsnot")
-ROW_METHOD_OPTIONS = {"sparsegpt": {"blocksize", "percdamp"},
-                      "dsnot": {"mode", "max_cycles", "threshold", "var_power", "same_sign"}}
+# DSnoT's options that choose its initial mask and the layers it leaves alone: BESA's dsnot starts from BESA's
+# mask in every layer, so they would be ignored
+DSNOT_INITIAL_OPTIONS = ("initial", "skip_layer", "skip_sub_layer")
 OPTIMIZERS = ("prodigy", "adamw")
 INITS = ("target", "uniform")
 DEFAULT_LR = {"prodigy": 1.0, "adamw": 1e-2}
@@ -53,43 +53,37 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _option(default, help: str, **metadata):
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
-
-
 @dataclass
 class BesaPruner(Pruner):
-    granularity: str = _option("row", "row (one learned sparsity per output row, the paper's best) or layer")
-    metric: str = _option("wanda", "row ranking: wanda, magnitude or sparsegpt (w^2 / diag(H^-1))")
-    row_method: str = _option("besa", "masks at the learned sparsities: besa (its own ranking), wanda, sparsegpt, "
+    granularity: str = option("row", "row (one learned sparsity per output row, the paper's best) or layer")
+    metric: str = option("wanda", "row ranking: wanda, magnitude or sparsegpt (w^2 / diag(H^-1))")
+    row_method: str = option("besa", "masks at the learned sparsities: besa (its own ranking), wanda, sparsegpt, "
                                       "or dsnot (DSnoT swaps refining besa's mask)")
-    epochs: int = _option(1, "passes over the calibration sequences per block (paper: 1); more passes run when "
+    epochs: int = option(1, "passes over the calibration sequences per block (paper: 1); more passes run when "
                              "min_steps needs them")
-    train_batch: int = _option(1, "calibration sequences per training step (paper: 1), whatever the pipeline's "
+    train_batch: int = option(1, "calibration sequences per training step (paper: 1), whatever the pipeline's "
                                   "--batch-size (which only sets the forward batches)", parse=int)
-    min_steps: int = _option(32, "at least this many training steps per block: passes over the training sequences "
+    min_steps: int = option(32, "at least this many training steps per block: passes over the training sequences "
                                  "repeat until reached (Prodigy grows its step from 1e-6 over ~10 steps; with 4 "
                                  "steps the allocation stays uniform)", parse=int)
-    beta: float = _option(5.0, "sparsity penalty weight (paper's scripts: 5)")
-    optimizer: str = _option("prodigy", "prodigy (paper, lr 1) or adamw (lr 1e-2)")
-    lr: float | None = _option(None, "learning rate (default: 1 for prodigy, 1e-2 for adamw)", parse=float)
-    d_coef: float = _option(50.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise with 128 steps per block; 50 "
+    beta: float = option(5.0, "sparsity penalty weight (paper's scripts: 5)")
+    optimizer: str = option("prodigy", "prodigy (paper, lr 1) or adamw (lr 1e-2)")
+    lr: float | None = option(None, "learning rate (default: 1 for prodigy, 1e-2 for adamw)", parse=float)
+    d_coef: float = option(50.0, "Prodigy's d_coef (paper: 5 for 7B/13B row-wise with 128 steps per block; 50 "
                                   "grows the step size faster over the 32 steps of a 32-sequence calibration)")
-    sparsity_step: float = _option(0.01, "spacing of the candidate sparsities (0.01: 101 candidates)")
-    sigmoid: bool = _option(True, "p = softmax(sigmoid(logits) + prior), the paper's smoothing: each probability "
+    sparsity_step: float = option(0.01, "spacing of the candidate sparsities (0.01: 101 candidates)")
+    sigmoid: bool = option(True, "p = softmax(sigmoid(logits) + prior), the paper's smoothing: each probability "
                                   "stays within a factor e of the prior's")
-    init: str = _option("target", "target (a fixed log-prior so that zero logits give the target sparsity; no prior "
+    init: str = option("target", "target (a fixed log-prior so that zero logits give the target sparsity; no prior "
                                   "at one half, as the paper) or uniform (no prior: starts at one half)")
-    exact: bool = _option(True, "project the learned allocation onto the exact budget (off: the paper's floor(s * cols))")
-    train_samples: int | None = _option(None, "train on the first N calibration sequences only (default: all)", parse=int)
-    row_method_options: dict = _option({}, "JSON options for row_method: sparsegpt blocksize/percdamp, "
+    exact: bool = option(True, "project the learned allocation onto the exact budget (off: the paper's floor(s * cols))")
+    train_samples: int | None = option(None, "train on the first N calibration sequences only (default: all)", parse=int)
+    row_method_options: dict = option({}, "JSON options for row_method: sparsegpt blocksize/percdamp, "
                                            "dsnot mode/max_cycles/...", parse=json.loads)
 
-    name = "besa"
     needs_activations = True
     supports_distributed = False  # the logits' gradients are not reduced across processes
+    takes_update = False  # BESA learns masks on whole blocks (its own prune_block); no per-layer update
 
     def __post_init__(self):
         self.granularity = _choice("granularity", self.granularity, GRANULARITIES)
@@ -117,11 +111,7 @@ class BesaPruner(Pruner):
             raise ValueError(f"besa: train_samples must be >= 1, got {self.train_samples}")
         if not isinstance(self.row_method_options, dict):
             raise ValueError("besa: row_method_options must be a dict (JSON object on the command line)")
-        allowed = ROW_METHOD_OPTIONS.get(self.row_method, set())
-        unknown = sorted(set(self.row_method_options) - allowed)
-        if unknown:
-            raise ValueError(f"besa: row_method {self.row_method!r} takes no option(s) {unknown}; "
-                             f"it takes {sorted(allowed) or 'none'}")
+        self.row_pruner = self._make_row_pruner()
         self.learned: dict[str, torch.Tensor] = {}  # layer name -> learned expected sparsity per row
         self.trace: dict[int, list] = {}  # block -> per step (reconstruction, expected sparsity, |grad logits|, prodigy d)
         self.spread: dict[int, dict] = {}  # block -> learned row sparsities' spread before / after the projection
@@ -132,14 +122,15 @@ class BesaPruner(Pruner):
             if ctx.targets[view.name].m:
                 raise ValueError("besa learns unstructured per-row / per-layer sparsity; N:M patterns are not "
                                  "supported (use --pattern unstructured, or wanda/sparsegpt for N:M)")
-        need_activations = "wanda" in (self.metric, self.row_method) or self.row_method == "dsnot"
-        need_hessian = "sparsegpt" in (self.metric, self.row_method) or self._dsnot_mode() == "exact"
+        row = self.row_pruner
+        need_activations = self.metric == "wanda" or (row is not None and row.needs_activations)
+        need_hessian = self.metric == "sparsegpt" or (row is not None and row.needs_hessian)
         stats = ctx.collect_stats(activations=need_activations, hessian=need_hessian)
         reference = torch.empty_like(ctx.inputs.hidden)
         with ctx.timer("besa_reference"):
             ctx.forward(store=reference)
         weights = {v.name: v.weight.detach().contiguous() for v in ctx.layers}
-        ranks = {v.name: ops.row_ranks(self._score(weights[v.name], stats[v.name])) for v in ctx.layers}
+        ranks = {v.name: ops.row_ranks(self._score(weights[v.name], stats[v.name], ctx.backend)) for v in ctx.layers}
         sizes = [weights[v.name].numel() for v in ctx.layers]
         target = sum(n * ctx.targets[v.name].sparsity for n, v in zip(sizes, ctx.layers)) / sum(sizes)
         prior = target_log_prior(target, self.num_candidates).to(ctx.device) if self.init == "target" else None
@@ -152,7 +143,7 @@ class BesaPruner(Pruner):
         for view in ctx.layers:
             before = ctx.timer.seconds["masks"]
             with ctx.timer("masks"):
-                result = self._mask(weights[view.name], ranks[view.name], counts[view.name], stats[view.name], ctx)
+                result = self._mask(view, ranks[view.name], counts[view.name], stats[view.name], ctx)
             result.seconds = ctx.timer.seconds["masks"] - before
             results[view.name] = result
         return results
@@ -164,13 +155,29 @@ class BesaPruner(Pruner):
                              f"[{lo:.3f}, {hi:.3f}], so the block target {target:.3f} cannot be learned; use init='target' "
                              "(--besa-init target) or turn the smoothing off (--no-besa-sigmoid)")
 
-    def _score(self, weight: torch.Tensor, stats) -> torch.Tensor:
+    def _make_row_pruner(self) -> Pruner | None:
+        """The in-row method's pruner (None for BESA's own ranking), from row_method_options."""
+        if self.row_method == "besa":
+            if self.row_method_options:
+                raise ValueError(f"besa: row_method 'besa' takes no row_method_options, got {sorted(self.row_method_options)}")
+            return None
+        ignored = sorted(set(self.row_method_options) & {"update", "update_iters",
+                                                         *(DSNOT_INITIAL_OPTIONS if self.row_method == "dsnot" else ())})
+        if ignored:
+            raise ValueError(f"besa: row_method_options {ignored} do not apply: the in-row method cuts each layer's "
+                             "mask at BESA's learned row sparsities (dsnot: from BESA's mask, in every layer), "
+                             "without a weight update")
+        try:
+            return make_pruner(self.row_method, **self.row_method_options)
+        except ValueError as exc:
+            raise ValueError(f"besa: row_method_options: {exc}") from None
+
+    def _score(self, weight: torch.Tensor, stats, backend) -> torch.Tensor:
         if self.metric == "magnitude":
             return ops.magnitude_score(weight)
         if self.metric == "wanda":
             return ops.wanda_score(weight, stats.activations.sq_norm.to(weight.device))
-        upper = _inverse_cholesky(stats.hessian.hessian.to(weight.device), 0.01)  # H^-1 = U^T U
-        return weight.float().square() / upper.square().sum(dim=0).unsqueeze(0)
+        return ops.sparsegpt_saliency(weight, stats.hessian.hessian.to(weight.device), 0.01, backend=backend)
 
     def _learn(self, ctx, weights, ranks, reference, target, prior) -> dict[str, torch.Tensor]:
         rows = {name: w.shape[0] if self.granularity == "row" else 1 for name, w in weights.items()}
@@ -182,9 +189,9 @@ class BesaPruner(Pruner):
         optimizer = self._optimizer(list(logits.values()))
         losses = []
         with _frozen(ctx.block), _masked_forwards(ctx, weights, ranks, logits, self.sigmoid, prior), torch.enable_grad():
-            for start, x, args, kwargs in self._steps(ctx.inputs, ctx.index):
+            for start, x, args, kwargs in self.training_steps(ctx.inputs, ctx.index):
                 out = block_output(ctx.block(x.to(ctx.device), *_to_device(args, ctx.device), **_to_device(kwargs, ctx.device)))
-                recon = _reconstruction_loss(out, reference[start:start + out.shape[0]].to(ctx.device))
+                recon = reconstruction_loss(out, reference[start:start + out.shape[0]].to(ctx.device))
                 s_block = sum(sizes[n] * expected_sparsity(l, self.sigmoid, prior).mean() for n, l in logits.items()) / total
                 loss = recon + self.beta * ((s_block - target) / target) ** 2
                 optimizer.zero_grad(set_to_none=True)
@@ -198,7 +205,7 @@ class BesaPruner(Pruner):
             self.trace[ctx.index] = losses
         return {name: l.detach() for name, l in logits.items()}
 
-    def _steps(self, inputs, block_index: int) -> list[tuple[int, torch.Tensor, tuple, dict]]:
+    def training_steps(self, inputs, block_index: int) -> list[tuple[int, torch.Tensor, tuple, dict]]:
         """(start, hidden, args, kwargs) per training step: micro-batches of `train_batch` of the first
         `train_samples` sequences, `epochs` passes, repeated until `min_steps` steps."""
         available = inputs.hidden.shape[0] if self.train_samples is None else min(self.train_samples, inputs.hidden.shape[0])
@@ -207,7 +214,7 @@ class BesaPruner(Pruner):
             args, kwargs = inputs.extras[x.shape[0]][block_index]
             for lo in range(0, min(x.shape[0], available - start), self.train_batch):
                 hi = min(lo + self.train_batch, x.shape[0], available - start)
-                one_pass.append((start + lo, x[lo:hi], *_batch_slice((args, kwargs), lo, hi, x.shape[0])))
+                one_pass.append((start + lo, x[lo:hi], *batch_slice((args, kwargs), lo, hi, x.shape[0])))
         passes = max(self.epochs, -(-self.min_steps // len(one_pass))) if one_pass and self.epochs else 0
         return one_pass * passes
 
@@ -248,40 +255,27 @@ class BesaPruner(Pruner):
                         "--besa-d-coef / --besa-lr", index, self.granularity, learned.min().item(), learned.max().item(),
                         width, 2 * self.sparsity_step, self.metric)
 
-    def _dsnot_mode(self) -> str | None:
-        return self.row_method_options.get("mode", DSNOT_DEFAULT_MODE) if self.row_method == "dsnot" else None
-
-    def _mask(self, weight, ranks, counts, stats, ctx) -> LayerResult:
-        backend = ctx.backend
-        counts = counts.to(weight.device)
-        own = ranks >= counts.unsqueeze(1).to(ranks.dtype)
-        if self.row_method == "besa":
-            return LayerResult(own)
+    def _mask(self, view, ranks, counts, stats, ctx) -> LayerResult:
+        """The layer's mask with `counts` (out,) pruned per row: BESA's own ranking, or the in-row method's."""
+        counts = counts.to(ranks.device)
+        own = LayerResult(ranks >= counts.unsqueeze(1).to(ranks.dtype))
+        if self.row_pruner is None:
+            return own
+        target = LayerTarget(exact_fraction(counts.double(), view.in_features))  # int(cols * s) == count per row
         if self.row_method == "dsnot":  # swaps keep every row's count
-            acts = stats.activations
-            exact = self._dsnot_mode() == "exact"
-            hessian = stats.hessian.hessian.to(weight.device) if exact else None
-            return LayerResult(ops.dsnot(weight, own, acts.mean.to(weight.device), acts.var.to(weight.device),
-                                         acts.sq_norm.to(weight.device), seqlen=int(ctx.inputs.hidden.shape[1]),
-                                         hessian=hessian, backend=backend,
-                                         **self.row_method_options))
-        sparsity = (counts.double() + 0.25) / weight.shape[1]  # int(cols * s) == count per row
-        if self.row_method == "wanda":
-            return LayerResult(ops.wanda_mask(weight, stats.activations.sq_norm.to(weight.device), sparsity, backend=backend))
-        pruned, keep = ops.sparsegpt(weight, stats.hessian.hessian.to(weight.device), sparsity, backend=backend,
-                                     **self.row_method_options)
-        return LayerResult(keep, pruned)
+            return LayerResult(self.row_pruner.swap(view, stats, target, own, int(ctx.inputs.hidden.shape[1]), ctx.backend))
+        return self.row_pruner.prune_layer(view, stats, target, ctx.backend)
 
 
-def _batch_slice(value, lo: int, hi: int, batch: int):
+def batch_slice(value, lo: int, hi: int, batch: int):
     """The [lo:hi] micro-batch of a block's recorded extra arguments: tensors whose first dim is the batch
     (attention masks, per-sequence rotary tables) are sliced; shared ones (dim 0 of 1, scalars) pass as they are."""
     if isinstance(value, torch.Tensor):
         return value[lo:hi] if batch > 1 and value.dim() and value.shape[0] == batch else value
     if isinstance(value, (tuple, list)):
-        return type(value)(_batch_slice(v, lo, hi, batch) for v in value)
+        return type(value)(batch_slice(v, lo, hi, batch) for v in value)
     if isinstance(value, dict):
-        return {k: _batch_slice(v, lo, hi, batch) for k, v in value.items()}
+        return {k: batch_slice(v, lo, hi, batch) for k, v in value.items()}
     return value
 
 
@@ -295,7 +289,7 @@ def _to_device(value, device):
     return value
 
 
-def _reconstruction_loss(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """sum(((Y_ref - Y) / sigma)^2) / hidden, sigma = per-channel L2 norm of Y_ref over the batch's tokens."""
     reference = reference.float()
     sigma = reference.reshape(-1, reference.shape[-1]).norm(dim=0).clamp_min(1e-6)

@@ -5,11 +5,14 @@ calibration pass as Wanda's. The official script's flags are accepted as aliases
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import torch
 
 from sparsekit import ops
 from sparsekit.ops.dsnot import DEFAULT_MODE, MODES
-from sparsekit.pruners.base import LayerResult, Pruner
+from sparsekit.pruners.base import LayerResult, Pruner, option
+from sparsekit.pruners.registry import make_pruner
 
 INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
 # what the official code does when a flag is not given (lib/prune.py + main.py at 4c029df)
@@ -39,34 +42,29 @@ def official_bool(text: str) -> bool:
 
 @dataclass
 class DSnoTPruner(Pruner):
-    initial: str = field(default="wanda", metadata={
-        "aliases": ["--initial_method"],
-        "help": f"initial mask: one of {INITIAL_METHODS} (default wanda, as the official code; sparsegpt is better "
-                "still with ample calibration, see README)"})
-    mode: str = field(default=DEFAULT_MODE, metadata={
-        "help": f"one of {MODES}: 'official' reproduces zyxxmu/DSnoT; 'error' takes a swap only if it lowers the "
-                "expected squared output error from mean/variance statistics; 'exact' (default) picks swaps by the exact "
-                "change of the layer's reconstruction error with the input Hessian (see sparsekit.ops.dsnot)"})
-    max_cycles: int | None = field(default=None, metadata={
-        "aliases": ["--max_cycle_time"], "parse": int, "help": "swaps per row at most (default 50)"})
-    threshold: float | None = field(default=None, metadata={
-        "aliases": ["--update_threshold"], "parse": float,
-        "help": "official mode: a row stops once |eps| <= threshold (default 0.1, absolute units of W * sum of x)"})
-    var_power: float = field(default=1.0, metadata={
-        "aliases": ["--pow_of_var_regrowing"], "help": "grow candidates ranked by W * mean / var**var_power (default 1)"})
-    skip_layer: str | None = field(default=None, metadata={
-        "aliases": ["--skip_layer"],
-        "help": "layers keeping their initial mask: a block-relative name's first part ('mlp', 'self_attn'), "
-                "'re:<regex>' on it, or 'none' (default: 'mlp' in official mode as the official code, 'none' otherwise)"})
-    skip_sub_layer: str | None = field(default=None, metadata={
-        "aliases": ["--skip_sub_layer"], "help": "also skip layers whose name's second part is this (e.g. 'down_proj')"})
-    same_sign: bool | None = field(default=None, metadata={
-        "parse": parse_bool, "help": "official mode, unstructured: stop a row before eps changes sign (default false; N:M always)"})
-    without_same_sign: bool | None = field(default=None, metadata={
-        "aliases": ["--without_same_sign"], "parse": official_bool,
-        "help": "the official flag: any non-empty value (even 'False', as argparse type=bool) turns the same-sign rule off"})
+    initial: str = option("wanda", f"initial mask: one of {INITIAL_METHODS} (default wanda, as the official code; "
+                                   "sparsegpt is better still with ample calibration, see README)",
+                          aliases=("--initial_method",))
+    mode: str = option(DEFAULT_MODE, f"one of {MODES}: 'official' reproduces zyxxmu/DSnoT; 'error' takes a swap only if "
+                                     "it lowers the expected squared output error from mean/variance statistics; 'exact' "
+                                     "(default) picks swaps by the exact change of the layer's reconstruction error with "
+                                     "the input Hessian (see sparsekit.ops.dsnot)")
+    max_cycles: int | None = option(None, "swaps per row at most (default 50)", aliases=("--max_cycle_time",), parse=int)
+    threshold: float | None = option(None, "official mode: a row stops once |eps| <= threshold (default 0.1, absolute "
+                                           "units of W * sum of x)", aliases=("--update_threshold",), parse=float)
+    var_power: float = option(1.0, "grow candidates ranked by W * mean / var**var_power (default 1)",
+                              aliases=("--pow_of_var_regrowing",))
+    skip_layer: str | None = option(None, "layers keeping their initial mask: a block-relative name's first part "
+                                          "('mlp', 'self_attn'), 're:<regex>' on it, or 'none' (default: 'mlp' in "
+                                          "official mode as the official code, 'none' otherwise)", aliases=("--skip_layer",))
+    skip_sub_layer: str | None = option(None, "also skip layers whose name's second part is this (e.g. 'down_proj')",
+                                        aliases=("--skip_sub_layer",))
+    same_sign: bool | None = option(None, "official mode, unstructured: stop a row before eps changes sign (default "
+                                          "false; N:M always)", parse=parse_bool)
+    without_same_sign: bool | None = option(None, "the official flag: any non-empty value (even 'False', as argparse "
+                                                  "type=bool) turns the same-sign rule off",
+                                            aliases=("--without_same_sign",), parse=official_bool)
 
-    name = "dsnot"
     needs_activations = True
 
     def __post_init__(self):
@@ -85,12 +83,16 @@ class DSnoTPruner(Pruner):
             raise ValueError(f"unknown DSnoT initial method {self.initial!r}; choose one of {INITIAL_METHODS}")
         if self.skip_layer.startswith("re:"):
             re.compile(self.skip_layer[3:])
+        # magnitude per row, as the official DSnoT code
+        self.initial_pruner = make_pruner(self.initial, **({"scope": "row"} if self.initial == "magnitude" else {}))
+        if self.initial == "sparsegpt":
+            self.initial_pruner.keep_pruned_values = True  # a regrown weight comes back with its OBS value
         self._relative_names: dict[int, str] = {}
         self._seqlen = None
 
     @property
     def needs_hessian(self) -> bool:
-        return self.initial == "sparsegpt" or self.mode == "exact"
+        return self.initial_pruner.needs_hessian or self.mode == "exact"
 
     def skipped(self, relative_name: str) -> bool:
         """Whether a layer (name relative to its block, e.g. 'mlp.up_proj') keeps its initial mask."""
@@ -107,32 +109,25 @@ class DSnoTPruner(Pruner):
         self._seqlen = int(ctx.inputs.hidden.shape[1])  # tokens per calibration sequence
         return super().prune_block(ctx)
 
-    def initial_mask(self, layer, stats, target, backend):
-        """(keep, replacement weight or None) of the initial method; SparseGPT keeps the OBS values of
-        the weights it prunes so that a regrown weight comes back with its updated value."""
-        sparsity = None if target.m else target.sparsity
-        weight = layer.weight
-        if self.initial == "sparsegpt":
-            hessian = stats.hessian.hessian.to(weight.device)
-            new_weight, keep = ops.sparsegpt(weight, hessian, sparsity, target.n, target.m, keep_pruned_values=True, backend=backend)
-            return keep, new_weight
-        if self.initial == "magnitude":  # per-row, as the official DSnoT code
-            return ops.select_mask(ops.magnitude_score(weight), sparsity, target.n, target.m, scope="row", backend=backend), None
-        return ops.wanda_mask(weight, stats.activations.sq_norm.to(weight.device), sparsity, target.n, target.m, backend=backend), None
-
     def prune_layer(self, layer, stats, target, backend):
-        keep, new_weight = self.initial_mask(layer, stats, target, backend)
-        relative = self._relative_names.get(id(layer.module), layer.name)
-        if self.skipped(relative):
-            return LayerResult(keep, new_weight)
-        weight = new_weight if new_weight is not None else layer.weight
+        initial = self.initial_pruner.prune_layer(layer, stats, target, backend)
+        if self.skipped(self._relative_names.get(id(layer.module), layer.name)):
+            return initial
+        return LayerResult(self.swap(layer, stats, target, initial, self._seqlen, backend), initial.weight)
+
+    def swap(self, layer, stats, target, initial: LayerResult, seqlen: int | None, backend) -> torch.Tensor:
+        """`initial.keep` refined by this pruner's DSnoT swaps (each row keeps its count; N:M groups theirs).
+
+        A regrown weight takes its value in `initial.weight` (SparseGPT's OBS value when it was pruned), else the
+        layer's. `seqlen`: tokens per calibration sequence (mode 'error').
+        """
+        weight = initial.weight if initial.weight is not None else layer.weight
         acts = stats.activations
         device = weight.device
         hessian = stats.hessian.hessian.to(device) if self.mode == "exact" else None
-        keep = ops.dsnot(
-            weight, keep, acts.mean.to(device), acts.var.to(device), acts.sq_norm.to(device),
+        return ops.dsnot(
+            weight, initial.keep, acts.mean.to(device), acts.var.to(device), acts.sq_norm.to(device),
             max_cycles=self.max_cycles, threshold=self.threshold, var_power=self.var_power, same_sign=self.same_sign,
-            n=target.n, m=target.m, mode=self.mode, seqlen=self._seqlen, hessian=hessian, reference=layer.weight,
+            n=target.n, m=target.m, mode=self.mode, seqlen=seqlen, hessian=hessian, reference=layer.weight,
             backend=backend,
         )
-        return LayerResult(keep, new_weight)

@@ -2,20 +2,18 @@
 from dataclasses import dataclass
 
 from sparsekit import ops
-from sparsekit.pruners.base import LayerResult, Pruner
+from sparsekit.pruners.base import LayerResult, Pruner, option
 
 
 @dataclass
 class MagnitudePruner(Pruner):
-    scope: str = "matrix"  # "matrix" (papers' baseline) or "row"
-
-    name = "magnitude"
+    scope: str = option("matrix", "unstructured: 'matrix' (one threshold per matrix, the papers' baseline) or 'row' "
+                                  "(per output row); N:M is per row")
 
     def prune_layer(self, layer, stats, target, backend):
-        score = ops.magnitude_score(layer.weight)
         scope = "row" if target.m else self.scope
-        sparsity = None if target.m else target.sparsity
-        return LayerResult(ops.select_mask(score, sparsity, target.n, target.m, scope=scope, backend=backend))
+        return LayerResult(ops.select_mask(ops.magnitude_score(layer.weight), *target.pattern(), scope=scope,
+                                           backend=backend))
 
     def score_layer(self, layer, stats, backend):
         return ops.magnitude_score(layer.weight)

@@ -2,19 +2,19 @@
 from dataclasses import dataclass
 
 from sparsekit import ops
-from sparsekit.pruners.base import LayerResult, Pruner
+from sparsekit.pruners.base import option
+from sparsekit.pruners.hessian_op import HessianOpPruner
 
 
 @dataclass
-class SparseGPTPruner(Pruner):
-    blocksize: int = 128
-    percdamp: float = 0.01
+class SparseGPTPruner(HessianOpPruner):
+    blocksize: int = option(128, "columns pruned and updated together (a multiple of m for N:M)")
+    percdamp: float = option(0.01, "damping added to the Hessian's diagonal, a fraction of its mean")
 
-    name = "sparsegpt"
-    needs_hessian = True
+    op = staticmethod(ops.sparsegpt)
+    # not an option: True where a method refines the mask afterwards (DSnoT), so the returned weight holds, where
+    # pruned, each weight's OBS value when it was pruned, and a regrown weight comes back with it
+    keep_pruned_values = False
 
-    def prune_layer(self, layer, stats, target, backend):
-        sparsity = None if target.m else target.sparsity
-        weight, keep = ops.sparsegpt(layer.weight, stats.hessian.hessian.to(layer.weight.device), sparsity,
-                                     target.n, target.m, self.blocksize, self.percdamp, backend=backend)
-        return LayerResult(keep, weight)
+    def op_options(self) -> dict:
+        return {**super().op_options(), "keep_pruned_values": self.keep_pruned_values}

@@ -7,14 +7,11 @@ from sparsekit.pruners.base import LayerResult, Pruner
 
 @dataclass
 class WandaPruner(Pruner):
-    name = "wanda"
     needs_activations = True
 
     def prune_layer(self, layer, stats, target, backend):
-        sparsity = None if target.m else target.sparsity
-        keep = ops.wanda_mask(layer.weight, stats.activations.sq_norm.to(layer.weight.device), sparsity,
-                              target.n, target.m, backend=backend)
-        return LayerResult(keep)
+        sq_norm = stats.activations.sq_norm.to(layer.weight.device)
+        return LayerResult(ops.wanda_mask(layer.weight, sq_norm, *target.pattern(), backend=backend))
 
     def score_layer(self, layer, stats, backend):
         return ops.wanda_score(layer.weight, stats.activations.sq_norm.to(layer.weight.device), backend=backend)

@@ -9,7 +9,7 @@ from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
 from sparsekit.ops import expected_sparsity, reachable_sparsity, target_log_prior
 from sparsekit.pruners import make_pruner
-from sparsekit.pruners.besa import _reconstruction_loss
+from sparsekit.pruners.besa import reconstruction_loss
 from tests.helpers import needs_triton, tiny_gpt2, tiny_llama, tiny_opt
 
 FAST = {"optimizer": "adamw", "lr": 0.05}  # moves the logits within the few steps of a tiny run
@@ -142,7 +142,7 @@ def test_reconstruction_loss_formula():
     out = torch.tensor([[[0.0, 2.0], [3.0, 1.0]]])
     sigma = torch.tensor([10.0 ** 0.5, 2.0])
     expected = ((1 / sigma[0]) ** 2 + (1 / sigma[1]) ** 2) / 2
-    assert _reconstruction_loss(out, ref).item() == pytest.approx(expected.item())
+    assert reconstruction_loss(out, ref).item() == pytest.approx(expected.item())
 
 
 def test_budget_projection_is_exact_and_keeps_the_learned_order():
@@ -173,13 +173,29 @@ def test_nm_pattern_is_refused():
     ({"d_coef": 0.0}, "d_coef"),
     ({"sparsity_step": 0.03}, "divide 1"),
     ({"train_samples": 0}, "train_samples"),
-    ({"row_method": "wanda", "row_method_options": {"blocksize": 8}}, "takes no option"),
-    ({"row_method": "dsnot", "row_method_options": {"blocksize": 8}}, "takes no option"),
+    ({"row_method": "wanda", "row_method_options": {"blocksize": 8}}, "has no option"),
+    ({"row_method": "dsnot", "row_method_options": {"blocksize": 8}}, "has no option"),
+    ({"row_method": "dsnot", "row_method_options": {"mode": "fast"}}, "unknown DSnoT mode"),
+    ({"row_method": "dsnot", "row_method_options": {"initial": "sparsegpt"}}, "do not apply"),
+    ({"row_method": "sparsegpt", "row_method_options": {"update": "alps"}}, "do not apply"),
+    ({"row_method_options": {"blocksize": 8}}, "takes no row_method_options"),
     ({"colour": "red"}, "no option"),
 ])
 def test_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         make_pruner("besa", **options)
+
+
+def test_wanda_row_method_cuts_the_same_masks_as_besas_own_wanda_ranking():
+    """The in-row method is Wanda's pruner at BESA's per-row counts: with the Wanda metric it must agree with BESA's
+    own ranking exactly (and the learned counts do not depend on the row method)."""
+    own, composed = tiny_llama(), tiny_llama()
+    for model, row_method in ((own, "besa"), (composed, "wanda")):
+        torch.manual_seed(0)
+        sparsekit.prune(model, calib(), PruneConfig(method="besa", sparsity=0.5, batch_size=8,
+                                                    method_options={"row_method": row_method}))
+    for (name, a), b in zip(own.state_dict().items(), composed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_sigmoid_smoothing_without_prior_cannot_reach_high_sparsity():
@@ -247,20 +263,20 @@ def test_a_uniform_allocation_is_reported_and_warned_about(monkeypatch, caplog):
 
 def test_training_micro_batches_give_the_full_batchs_block_outputs():
     from sparsekit.pipeline.capture import block_output, capture_inputs
-    from sparsekit.pruners.besa import _batch_slice
+    from sparsekit.pruners.besa import batch_slice
 
     model = tiny_llama()
     _, blocks = find_blocks(model)
     inputs = capture_inputs(model, blocks, calib(), 4, torch.device("cpu"))
     pruner = make_pruner("besa", train_batch=3, min_steps=0)
-    steps = pruner._steps(inputs, 1)
+    steps = pruner.training_steps(inputs, 1)
     assert [(start, x.shape[0]) for start, x, _, _ in steps] == [(0, 3), (3, 1)]
     with torch.no_grad():
         full = inputs.call_block(blocks[1], 1, inputs.hidden, "cpu")
         for start, x, args, kwargs in steps:
             torch.testing.assert_close(block_output(blocks[1](x, *args, **kwargs)), full[start:start + x.shape[0]])
     mask = torch.ones(4, 1, 5, 5)
-    assert _batch_slice({"m": mask, "pos": (torch.zeros(1, 5),)}, 1, 3, 4)["m"].shape[0] == 2
+    assert batch_slice({"m": mask, "pos": (torch.zeros(1, 5),)}, 1, 3, 4)["m"].shape[0] == 2
 
 
 def test_min_steps_repeats_passes_and_train_samples_cuts_them():
@@ -269,6 +285,6 @@ def test_min_steps_repeats_passes_and_train_samples_cuts_them():
     model = tiny_llama()
     _, blocks = find_blocks(model)
     inputs = capture_inputs(model, blocks, calib(), 2, torch.device("cpu"))
-    assert len(make_pruner("besa", min_steps=10)._steps(inputs, 0)) == 12  # 3 passes of 4
-    assert [s for s, *_ in make_pruner("besa", min_steps=0, train_samples=3)._steps(inputs, 0)] == [0, 1, 2]
-    assert make_pruner("besa", epochs=0)._steps(inputs, 0) == []
+    assert len(make_pruner("besa", min_steps=10).training_steps(inputs, 0)) == 12  # 3 passes of 4
+    assert [s for s, *_ in make_pruner("besa", min_steps=0, train_samples=3).training_steps(inputs, 0)] == [0, 1, 2]
+    assert make_pruner("besa", epochs=0).training_steps(inputs, 0) == []

@@ -6,7 +6,7 @@ import torch
 
 import sparsekit
 from sparsekit import PruneConfig, ops
-from sparsekit.cli import _method_options, build_parser, main
+from sparsekit.cli import main
 from sparsekit.pruners import make_pruner
 from sparsekit.pruners.dsnot import official_bool
 from tests.helpers import save_tiny_checkpoint, tiny_llama
@@ -79,21 +79,28 @@ def test_sparsegpt_init_regrows_obs_values():
     assert torch.equal(final[grown], updated[grown]) and (final[grown] != 0).all()
 
 
-def test_official_flags_are_aliases():
-    args = build_parser().parse_args([
-        "prune", "--method", "dsnot", "--initial_method", "magnitude", "--max_cycle_time", "7", "--update_threshold", "0.3",
-        "--pow_of_var_regrowing", "0", "--skip_layer", "self_attn", "--without_same_sign", "False", "--dsnot-mode", "official"])
-    options = _method_options(args, "dsnot")
-    assert options == {"initial": "magnitude", "max_cycles": 7, "threshold": 0.3, "var_power": 0.0,
-                       "skip_layer": "self_attn", "without_same_sign": True, "mode": "official"}
-    pruner = make_pruner("dsnot", **options)
-    assert pruner.same_sign is False  # argparse type=bool: "False" is a non-empty string, hence True
-    assert official_bool("False") is True and official_bool("") is False
+def test_official_flag_semantics():
+    pruner = make_pruner("dsnot", initial="magnitude", skip_layer="self_attn", without_same_sign=True, mode="official")
+    assert pruner.same_sign is False
+    assert official_bool("False") is True and official_bool("") is False  # argparse type=bool: non-empty is True
     assert pruner.skipped("self_attn.q_proj") and not pruner.skipped("mlp.up_proj")
     assert make_pruner("dsnot", mode="official").skip_layer == "mlp"
     assert make_pruner("dsnot", mode="official").initial == "wanda" and make_pruner("dsnot").initial == "wanda"
     assert make_pruner("dsnot", mode="official", without_same_sign=False).same_sign is True
     assert make_pruner("dsnot", skip_layer="re:self_.*").skipped("self_attn.o_proj")
+
+
+def test_initial_mask_is_the_initial_methods_prune_layer():
+    """DSnoT with no swaps (max_cycles=0) returns its initial method's masks: magnitude per row, SparseGPT with
+    the OBS weights, in every layer."""
+    for initial, method, options in (("magnitude", "magnitude", {"scope": "row"}), ("wanda", "wanda", {}),
+                                     ("sparsegpt", "sparsegpt", {})):
+        expected, got = tiny_llama(), tiny_llama()
+        sparsekit.prune(expected, calib(), PruneConfig(method=method, sparsity=0.5, batch_size=4, method_options=options))
+        sparsekit.prune(got, calib(), PruneConfig(method="dsnot", sparsity=0.5, batch_size=4,
+                                                  method_options={"initial": initial, "max_cycles": 0}))
+        for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values()):
+            assert torch.equal(a, b), (initial, name)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -113,8 +120,12 @@ def test_cli_runs_dsnot(tmp_path):
     js = tmp_path / "summary.json"
     rc = main(["prune", "--model", str(tmp_path / "model"), "--nsamples", "4", "--seqlen", "32", "--device", "cpu",
                "--calib", str(tmp_path / "calib.txt"), "--method", "dsnot", "--sparsity", "0.6",
-               "--max_cycle_time", "5", "--initial_method", "wanda", "--json", str(js)])
+               "--initial_method", "magnitude", "--max_cycle_time", "5", "--update_threshold", "0.3",
+               "--pow_of_var_regrowing", "0", "--skip_layer", "self_attn", "--without_same_sign", "False",
+               "--dsnot-mode", "official", "--json", str(js)])
     assert rc == 0
     summary = json.loads(js.read_text())
     assert summary["sparsity_reached"] == pytest.approx(0.6, abs=0.01)
-    assert summary["method_options"] == {"max_cycles": 5, "initial": "wanda"}
+    # the official script's spellings are aliases of the --dsnot-* options
+    assert summary["method_options"] == {"initial": "magnitude", "max_cycles": 5, "threshold": 0.3, "var_power": 0.0,
+                                         "skip_layer": "self_attn", "without_same_sign": True, "mode": "official"}
