@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_sparsity, parse_pattern
+from sparsekit.checks import check_sparsity, parse_pattern
 from sparsekit.allocation import allocate_sparsity, check_allocation
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS, select_layers

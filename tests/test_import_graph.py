@@ -35,7 +35,7 @@ LAYERS = [
     ("backend/triton_kernels", ("sparsekit.backend", "sparsekit.triton_kernels")),
     ("torch_backend", ("sparsekit.torch_backend",)),
     # below the stack: plumbing every layer may use, which imports none of the layers above
-    ("foundation", ("sparsekit._io", "sparsekit._validate", "sparsekit._ext", "sparsekit._version",
+    ("foundation", ("sparsekit._io", "sparsekit.checks", "sparsekit._ext", "sparsekit._version",
                     "sparsekit.data", "sparsekit.dtypes", "sparsekit.options")),
 ]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FLOATS = ("fp16", "bf16", "fp32")  # the model dtypes every op accepts
-FLOATS_AND_FP64 = FLOATS + ("fp64",)  # ops whose checks (sparsekit._validate.FLOAT_DTYPES) also let float64 in
+FLOATS_AND_FP64 = FLOATS + ("fp64",)  # ops whose checks (sparsekit.checks.FLOAT_DTYPES) also let float64 in
 
 
 @dataclass(frozen=True)

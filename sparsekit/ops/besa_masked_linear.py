@@ -16,7 +16,7 @@ import functools
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_same_device, check_tensor
+from sparsekit.checks import check_same_device, check_tensor
 
 _FORWARD = "besa_masked_linear_forward"
 _BACKWARD = "besa_masked_linear_backward"

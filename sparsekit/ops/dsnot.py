@@ -1,13 +1,11 @@
 """DSnoT (Zhang et al., arXiv 2310.08915): training-free prune-and-grow refinement of a keep mask."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_mask, check_nm, check_same_device, check_square, check_tensor, check_vector
-from sparsekit.ops.selection import check_weight
+from sparsekit.checks import (check_int, check_mask, check_nm, check_nonneg_number, check_same_device, check_square,
+                              check_tensor, check_vector, check_weight)
 from sparsekit.torch_backend.dsnot_exact import ROW_CHUNK
 
 MODES = ("official", "error", "exact")
@@ -30,24 +28,6 @@ def _check_nm_mask(keep: torch.Tensor, n: int, m: int) -> None:
             f"the initial keep mask is not {n}:{m}: row {r}, columns {g * m}..{g * m + m - 1} prune {pruned[r, g].item()} "
             f"weights instead of {n}; build it with ops.wanda_mask(..., n={n}, m={m}) or pass n=m=0 for an unstructured mask"
         )
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_float(value, name: str) -> float:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
 
 
 def initial_error(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -123,9 +103,9 @@ def dsnot(
         _check_stat(stat, name, nonnegative=name != "mean")
     if mode not in MODES:
         raise ValueError(f"unknown DSnoT mode {mode!r}; choose one of {MODES}")
-    max_cycles = _check_int(max_cycles, "max_cycles", 0)
-    threshold = _check_float(threshold, "threshold")
-    var_power = _check_float(var_power, "var_power")
+    max_cycles = check_int(max_cycles, "max_cycles", 0)
+    threshold = check_nonneg_number(threshold, "threshold")
+    var_power = check_nonneg_number(var_power, "var_power")
     if not isinstance(same_sign, bool):
         raise TypeError(f"same_sign must be True or False, got {same_sign!r}")
     if n or m:
@@ -138,7 +118,7 @@ def dsnot(
     if error_rule:
         if seqlen is None:
             raise ValueError("mode='error' needs seqlen= (tokens per calibration sequence the statistics were collected on)")
-        seqlen = _check_int(seqlen, "seqlen", 1)
+        seqlen = check_int(seqlen, "seqlen", 1)
         cost_scale = (seqlen * sq_norm.double() - mean.double().square()).clamp(min=0)
     # Column factors computed once here so both backends use bit-identical values.
     grow_scale = var.double().pow(var_power).reciprocal().float()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_tensor, resolve_pattern
+from sparsekit.checks import check_tensor, resolve_pattern
 
 
 def check_permutation(perm, size: int, name: str = "perm") -> None:

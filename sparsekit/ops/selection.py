@@ -4,22 +4,10 @@ from __future__ import annotations
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_same_device, check_tensor, check_vector, resolve_pattern
+from sparsekit.checks import check_same_device, check_sq_norm, check_tensor, check_weight, resolve_pattern
 from sparsekit.torch_backend.selection import row_counts
 
 SCOPES = ("row", "matrix")
-
-
-def check_weight(weight, name="weight"):
-    check_tensor(weight, name, ndim=2)
-    if not torch.isfinite(weight).all():
-        raise ValueError(f"{name} contains NaN/Inf; the checkpoint is broken or was loaded in a dtype that overflows")
-
-
-def check_sq_norm(sq_norm, in_features):
-    check_vector(sq_norm, "sq_norm", in_features)
-    if not torch.isfinite(sq_norm).all() or (sq_norm < 0).any():
-        raise ValueError("sq_norm must be finite and >= 0 (a sum of squares, e.g. ActivationStats.sq_norm)")
 
 
 def magnitude_score(weight: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:

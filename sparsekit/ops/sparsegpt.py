@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_same_device, check_square, check_tensor, resolve_pattern
-from sparsekit.ops.selection import check_weight
+from sparsekit.checks import check_same_device, check_square, check_tensor, check_weight, resolve_pattern
 
 
 def sparsegpt(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit._validate import check_tensor
+from sparsekit.checks import check_tensor
 
 
 def _as_sequences(x: torch.Tensor, in_features: int, name: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from sparsekit._validate import check_finite
+from sparsekit.checks import check_finite
 from sparsekit.hf.layers import LayerView
 from sparsekit.pipeline import distributed
 from sparsekit.pipeline.capture import BlockInputs

@@ -1,5 +1,7 @@
-"""Input checks shared by every op: each error says what is wrong and how to fix it."""
+"""Input checks shared by the ops, the pruning config and the pruners: each error says what is wrong and how to fix it."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -13,6 +15,40 @@ def check_tensor(t, name: str, *, ndim: int | None = None, float_dtype: bool = T
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if float_dtype and t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float32/float16/bfloat16), got {t.dtype}; cast it with .float()")
+
+
+def check_weight(weight, name="weight") -> None:
+    """A finite 2-D float weight (out, in)."""
+    check_tensor(weight, name, ndim=2)
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"{name} contains NaN/Inf; the checkpoint is broken or was loaded in a dtype that overflows")
+
+
+def check_sq_norm(sq_norm, in_features) -> None:
+    """Wanda's per-input-feature sum of squares: finite and >= 0, one entry per input feature."""
+    check_vector(sq_norm, "sq_norm", in_features)
+    if not torch.isfinite(sq_norm).all() or (sq_norm < 0).any():
+        raise ValueError("sq_norm must be finite and >= 0 (a sum of squares, e.g. ActivationStats.sq_norm)")
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """A Python int (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_nonneg_number(value, name: str) -> float:
+    """A finite real number >= 0 (not a bool), returned as a float."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def check_square(matrix: torch.Tensor, name: str, size: int) -> None:
