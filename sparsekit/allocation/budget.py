@@ -15,9 +15,10 @@ def budget_count(sizes, sparsities) -> int:
     return int(round(sum(float(n) * float(s) for n, s in zip(sizes, sparsities))))
 
 
-def exact_fraction(count: int, cols: int, rows: int = 1) -> float:
+def exact_fraction(count, cols: int, rows: int = 1):
     """A sparsity s with int(cols * s) == count (per-row selection) and int(rows * cols * s) == rows * count
-    (one threshold per matrix): count / cols plus a margin of 0.1 / rows weights against float rounding."""
+    (one threshold per matrix): count / cols plus a margin of 0.1 / rows weights against float rounding.
+    `count` may be a float64 tensor of per-row counts: then s is the per-row sparsity tensor."""
     return (count + 0.1 / rows) / cols
 
 

@@ -4,7 +4,6 @@ import torch
 
 import sparsekit
 from sparsekit import PruneConfig
-from sparsekit.allocation.budget import apportion, budget_count, project_row_counts
 from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import select_layers
 from sparsekit.ops import expected_sparsity, reachable_sparsity, target_log_prior
@@ -143,17 +142,6 @@ def test_reconstruction_loss_formula():
     sigma = torch.tensor([10.0 ** 0.5, 2.0])
     expected = ((1 / sigma[0]) ** 2 + (1 / sigma[1]) ** 2) / 2
     assert reconstruction_loss(out, ref).item() == pytest.approx(expected.item())
-
-
-def test_budget_projection_is_exact_and_keeps_the_learned_order():
-    rows = [torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.4, 0.41])]
-    counts = project_row_counts(rows, [10, 7], budget=17)
-    assert sum(int(c.sum()) for c in counts) == 17
-    assert counts[0][0] <= counts[0][1] <= counts[0][2] and (counts[0] <= 9).all()
-    with pytest.raises(ValueError, match="lower the sparsity"):
-        project_row_counts(rows, [10, 7], budget=40)
-    assert budget_count([100, 50], [0.5, 0.31]) == 66
-    assert apportion(torch.tensor([1.5, 2.5]), torch.tensor([3, 5]), 17, torch.tensor([9, 9])).tolist() == [2, 2]
 
 
 def test_nm_pattern_is_refused():
