@@ -31,8 +31,7 @@ from sparsekit.hf.blocks import find_blocks
 from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS, select_layers
 from sparsekit.nn.sparse_linear import INPUT_PERMUTATION_ATTR
 from sparsekit.pipeline import distributed
-from sparsekit.pipeline.block import BlockContext, LayerTarget, walk_blocks
-from sparsekit.pipeline.capture import capture_inputs
+from sparsekit.pipeline.block import BlockContext, LayerTarget, capture_block_inputs, walk_blocks
 from sparsekit.pipeline.checkpoint import RunCheckpoint, fingerprint, run_lock
 from sparsekit.pipeline.placement import (DiskStream, model_device, module_device, non_block_modules, on_device,
                                           plan_placement)
@@ -200,14 +199,9 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    with on_device(non_block_modules(model, blocks), device):
-        placement.onload(0, blocks[0])
-        try:
-            with timer("capture"):
-                inputs = capture_inputs(model, blocks, local_ids, config.batch_size, device,
-                                        store_device=plan.activations_device, pin=plan.pin_activations)
-        finally:
-            placement.offload(0, blocks[0])
+    with on_device(non_block_modules(model, blocks), device), timer("capture"):
+        inputs = capture_block_inputs(model, blocks, placement, local_ids, config.batch_size, device,
+                                      store_device=plan.activations_device, pin=plan.pin_activations)
     if config.allocation:  # e.g. OWL: a pass over the still-dense blocks sets every layer's sparsity
         with timer("allocation"):
             config = allocate_sparsity(config, blocks, block_path, inputs, device, placement)

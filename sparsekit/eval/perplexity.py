@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from sparsekit.eval.bos import bos_prefix, resolve_add_bos
 from sparsekit.hf.blocks import find_blocks
-from sparsekit.pipeline.block import walk_blocks
-from sparsekit.pipeline.capture import capture_inputs, forward_from_last_block
+from sparsekit.pipeline.block import capture_block_inputs, walk_blocks
+from sparsekit.pipeline.capture import forward_from_last_block
 from sparsekit.pipeline.placement import Placement, non_block_modules, on_device
 
 
@@ -108,11 +108,8 @@ def _streamed_nll(model, ids: torch.Tensor, placement: Placement, batch_size: in
     """Mean next-token NLL of `ids` with the blocks run one at a time, each brought to `device` by `placement`."""
     _, blocks = find_blocks(model)
     with on_device(non_block_modules(model, blocks), device):
-        placement.onload(0, blocks[0])
-        try:
-            inputs = capture_inputs(model, blocks, ids, batch_size, device, store_device=activations_device or device)
-        finally:
-            placement.offload(0, blocks[0])
+        inputs = capture_block_inputs(model, blocks, placement, ids, batch_size, device,
+                                      store_device=activations_device or device)
         walk_blocks(blocks, placement, inputs, device, forward_last=True,
                     progress=partial(tqdm, desc="perplexity (streamed)", unit="block", leave=False, disable=not progress))
         nll, count = 0.0, 0

@@ -17,7 +17,7 @@ from torch import nn
 from sparsekit.checks import check_finite
 from sparsekit.hf.layers import LayerView
 from sparsekit.pipeline import distributed
-from sparsekit.pipeline.capture import BlockInputs
+from sparsekit.pipeline.capture import BlockInputs, capture_inputs
 from sparsekit.pipeline.placement import Placement
 from sparsekit.pipeline.report import PhaseTimer
 from sparsekit.ops.stats import ActivationStats, HessianStats
@@ -120,6 +120,18 @@ def forward_block(block: nn.Module, index: int, inputs: BlockInputs, device: tor
     finally:
         for handle in handles:
             handle.remove()
+
+
+def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, placement: Placement, input_ids: torch.Tensor,
+                         batch_size: int, device: torch.device, store_device=None, pin: bool = False) -> BlockInputs:
+    """`capture_inputs` (block 0's hidden states and the arguments the model passes every block) with block 0
+    brought to `device` by `placement` for the capture and put back after; the modules outside the blocks must
+    already sit on `device` (placement.on_device)."""
+    placement.onload(0, blocks[0])
+    try:
+        return capture_inputs(model, blocks, input_ids, batch_size, device, store_device=store_device, pin=pin)
+    finally:
+        placement.offload(0, blocks[0])
 
 
 def walk_blocks(blocks: nn.ModuleList, placement: Placement, inputs: BlockInputs, device: torch.device,
