@@ -41,14 +41,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from sparsekit.torch_backend.sparse24 import m_bucket
-
-
-def sparse24_matmul_ref(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None):
-    """Plain-torch reference (decompress, then one dense GEMM)."""
-    from sparsekit.torch_backend.sparse24 import sparse24_matmul
-
-    return sparse24_matmul(x, values, meta, bias)
+from sparsekit.m_buckets import m_bucket
 
 
 def meta_position(n, c, rows: int):

@@ -32,7 +32,7 @@ import torch
 
 from sparsekit import backend as _backend
 from sparsekit._io import atomic_write_json
-from sparsekit.torch_backend.sparse24 import MAX_M_BUCKET, m_bucket  # noqa: F401 (public here too)
+from sparsekit.m_buckets import MAX_M_BUCKET, m_bucket  # noqa: F401 (public here too)
 
 OP = "sparse24_matmul"
 CANDIDATES = ("triton", "cuda", "cublas")

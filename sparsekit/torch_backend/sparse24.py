@@ -18,6 +18,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from sparsekit.m_buckets import MAX_M_BUCKET, m_bucket  # noqa: F401 (the 2:4 paths key on it; public here too)
+
 # Nonzero pattern of a group (bit j set = entry j is nonzero; comments write bit3..bit0) -> meta nibble (i0 | i1 << 2).
 # Exactly-two patterns keep their own two entries; sparser patterns take torch's encodings
 # (from the Espresso-minimised table in torch's converter); -1 marks patterns that are not 2:4.
@@ -161,14 +163,3 @@ def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, b
     if perm is not None:
         x = x.index_select(-1, perm)
     return F.linear(x, decompress_24(values, meta), bias)
-
-
-# The token-count bucket that every 2:4 matmul path keys its decisions on: the dispatch table
-# (cuda_backend/sparse24_dispatch), the launch plans (ops/sparse24_launch, nn) and the Triton kernel's
-# autotuning. It sits in this bottom layer so that all of them import it without climbing the layers.
-MAX_M_BUCKET = 512
-
-
-def m_bucket(m: int) -> int:
-    """The token-count bucket: the next power of two of M (1, 2, 4, ..., 256), MAX_M_BUCKET for everything above."""
-    return min(1 << (max(1, m) - 1).bit_length(), MAX_M_BUCKET)
