@@ -1,4 +1,6 @@
-"""An automatic backend whose kernel fails to compile falls back (warned once, remembered); an explicit one raises.
+"""sparsekit.backend, the dispatcher: resolution and its errors, register(), triton_interpreting() read at call
+time, and the fallback: an automatic backend whose kernel fails to compile falls back (warned once, remembered);
+an explicit one raises.
 
 The failure is real: the Triton kernel is replaced by one that reads a non-constexpr global (the bug the
 DSnoT exact kernel had), compiled for GPUTarget("cuda", 90, 32) by Triton's own compiler on this CPU.
@@ -102,3 +104,57 @@ def test_prune_report_records_the_backend_that_ran_and_the_fallback(auto_triton_
     assert list(report.fallbacks) == ["wanda_mask/triton"]
     again = type(report).from_dict(report.to_dict())
     assert again.backends == report.backends and again.fallbacks == report.fallbacks
+
+
+def test_resolve_explicit_auto_and_errors():
+    name, impl = backend.resolve("select_mask", None, "cpu")
+    assert name == "torch" and impl.__module__ == "sparsekit.torch_backend.selection"
+    with pytest.raises(KeyError, match="unknown op 'no_such_op'"):
+        backend.resolve("no_such_op", None, "cpu")
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        backend.resolve("select_mask", "tpu", "cpu")
+    with pytest.raises(NotImplementedError, match="'wanda_score' has no triton backend"):
+        backend.resolve("wanda_score", "triton", "cpu")
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run 'sparse24_matmul': the CUDA backend needs CUDA tensors"):
+        backend.resolve("sparse24_matmul", "cuda", "cpu")
+
+
+def test_forced_backend_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SPARSEKIT_BACKEND", "torch")
+    assert backend.auto_order(torch.device("cuda")) == ("torch",)
+    monkeypatch.delenv("SPARSEKIT_BACKEND")
+    assert backend.auto_order(torch.device("cuda")) == ("cuda", "triton", "torch")
+    assert backend.auto_order(torch.device("cpu")) == ("torch",)
+
+
+def _doubled_magnitude(weight):
+    return weight.float().abs() * 2
+
+
+def test_register_adds_an_implementation_that_call_runs(monkeypatch):
+    monkeypatch.setattr(backend, "IMPLEMENTATIONS", {op: dict(impls) for op, impls in backend.IMPLEMENTATIONS.items()})
+    backend.register("magnitude_x2", "torch", f"{__name__}:_doubled_magnitude")
+    w = torch.randn(3, 5)
+    assert torch.equal(backend.call("magnitude_x2", None, w.device, w), w.abs() * 2)
+    backend.register("select_mask", "torch", f"{__name__}:_doubled_magnitude")  # replaces, and the cache forgets the old one
+    assert backend.resolve("select_mask", "torch", "cpu")[1] is _doubled_magnitude
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        backend.register("magnitude_x2", "gpu", f"{__name__}:_doubled_magnitude")
+    backend._load.cache_clear()
+
+
+def test_triton_interpreting_is_read_at_call_time(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not backend.triton_interpreting()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backend.triton_interpreting()
+
+
+@needs_triton
+def test_besa_kernel_upcasts_only_under_the_interpreter_or_for_float64(monkeypatch):
+    from sparsekit.triton_kernels import besa_masked_linear
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not besa_masked_linear._upcast(torch.bfloat16) and besa_masked_linear._upcast(torch.float64)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert besa_masked_linear._upcast(torch.bfloat16)
