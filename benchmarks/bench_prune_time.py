@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default GPU 128, CPU 32)")
     g.add_argument("--seqlen", type=int, default=None, help="tokens per sequence (default GPU 2048, CPU 512)")
     g.add_argument("--calib-batch-size", type=int, default=8, help="sequences per block forward")
+    g.add_argument("--smollm2-layers", default=None, metavar="A:B",
+                   help="keep only SmolLM2's decoder layers A..B-1 (a per-block cost on a busy CPU in a minute; the "
+                        "first kept layer sees the embeddings instead of the residual stream)")
     g.add_argument("--llama-layers", type=int, default=None, help="decoder layers of the LLaMA-7B shape (default 32)")
     g.add_argument("--backend", default=None, choices=["torch", "triton", "cuda"], help="op backend (default: automatic)")
 
@@ -58,7 +61,16 @@ def _load(ctx: RunContext, model_name: str, args):
 
         model, tok = sparsekit.load_model("smollm2-135m", dtype="bfloat16", device=str(ctx.device))
         calib = sparsekit.calibration_ids(tok, nsamples, seqlen, seed=0)
-        return model, calib, "smollm2-135m", f"wikipedia {nsamples}x{seqlen}"
+        label = "smollm2-135m"
+        if args.smollm2_layers:
+            start, _, stop = args.smollm2_layers.partition(":")
+            kept = model.model.layers[int(start):int(stop)]
+            if not len(kept):
+                raise ValueError(f"--smollm2-layers {args.smollm2_layers} keeps no layer of {len(model.model.layers)}")
+            model.model.layers = kept
+            model.config.num_hidden_layers = len(kept)
+            label += f"[{args.smollm2_layers}]"
+        return model, calib, label, f"wikipedia {nsamples}x{seqlen}"
     if model_name == "llama7b":
         if not ctx.is_cuda:
             raise RuntimeError("the LLaMA-7B-shaped model is timed on GPU only (13.5 GB of bf16 weights)")

@@ -56,6 +56,18 @@ def test_presets_table_from_accuracy_rows(tmp_path):
     assert "| quality | 0.6 | `--method alps` | 75.00 | 3.00× | -25.0% | 5.0×* |" in text  # accuracy runs' seconds
     assert "| quality | 2:4 | `--method alps` | 80.00 | 3.20× | -20.0% | 4.5× |" in text  # the prune-time benchmark's
     assert "| fast | 2:4 | `--method sparsegpt --update alps` | 90.00 | 3.60× | -10.0% | 1.6×* |" in text
-    assert "| fast | 0.6 | `--method sparsegpt --update alps` | not measured | – | – | ~1.6x SparseGPT |" in text
+    assert "| fast | 0.6 | `--method sparsegpt --update alps` | not measured | – | – | 2.6x per layer (CPU s) |" in text
     rendered = tables.render("<!-- bench:presets sparsities=0.6 -->\n<!-- /bench:presets -->", tables.load_results(tmp_path))
     assert "| quality | 0.6 |" in rendered and "| quality | 2:4 |" not in rendered
+
+
+def test_prune_time_takes_configurations_and_records_cpu_seconds(tmp_path):
+    from benchmarks import cli
+
+    assert cli.main(["prune-time", "--quick", "--results-dir", str(tmp_path), "--prune-pattern", "2:4",
+                     "--prune-configs", "sparsegpt", 'sparsegpt:{"update":"alps"}']) == 0
+    rows = {r.provider: r for r in schema.load_rows(next(tmp_path.rglob("prune-time.jsonl")))}
+    assert set(rows) == {"sparsegpt", "SparseGPT+ALPS"} and all(r.status == "ok" for r in rows.values())
+    assert rows["SparseGPT+ALPS"].params["options"] == {"update": "alps"}
+    assert "update" in rows["SparseGPT+ALPS"].derived["phases"] and "update" not in rows["sparsegpt"].derived["phases"]
+    assert all(r.derived["cpu_seconds"] > 0 and r.derived["threads"] >= 1 for r in rows.values())
