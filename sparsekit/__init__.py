@@ -16,6 +16,7 @@ _LAZY = {
     "PruneConfig": "sparsekit.pruning",
     "prune": "sparsekit.pruning",
     "load_model": "sparsekit.hf.loading",
+    "save": "sparsekit.hf.saving",
     "save_pruned": "sparsekit.hf.saving",
     "calibration_ids": "sparsekit.data.text",
     "evaluation_text": "sparsekit.data.text",
@@ -23,7 +24,7 @@ _LAZY = {
     "sparsify": "sparsekit.hf.sparsify",
     "to_dense": "sparsekit.hf.sparsify",
     "SparsifyReport": "sparsekit.hf.sparsify",
-    "save_pretrained": "sparsekit.hf.compressed",
+    "save_pretrained": "sparsekit.hf.saving",
     "from_pretrained": "sparsekit.hf.compressed",
 }
 

@@ -280,3 +280,15 @@ def output_dir(out, *, overwrite: bool = False, protect: dict | None = None, fla
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def protected_inputs(model=None, checkpoint_dir=None, **more) -> dict:
+    """The paths an output directory must never contain: the model's own directory, the run checkpoint, more."""
+    paths = {}
+    source = str(getattr(model, "name_or_path", "") or "")
+    if source and Path(source).exists():
+        paths["the model"] = source
+    if checkpoint_dir:
+        paths["the checkpoint directory"] = str(checkpoint_dir)
+    paths.update({k: v for k, v in more.items() if v})
+    return paths

@@ -275,7 +275,7 @@ def _save(model, tokenizer, args, config, report, summary) -> None:
         save_pruned(model, tokenizer, args.save, report, extra=extra, checkpoint_dir=config.checkpoint_dir,
                     overwrite=args.overwrite, protect=_protected(args))
         return
-    from sparsekit.hf.export import size_table, sparsify_and_save
+    from sparsekit.hf.sizes import size_table, sparsify_and_save
 
     pruning = {"method": args.method, "pattern": args.pattern, "sparsity": report.sparsity, "calibration": summary["calibration"]}
     summary["compressed"] = sparsify_and_save(model, tokenizer, args.save, format=args.save_format, targets=config.targets,
@@ -335,7 +335,7 @@ def cmd_eval(args) -> dict:
 def cmd_sparsify(args) -> dict:
     from sparsekit._io import atomic_write_json, check_output_dir
     from sparsekit.cli_preflight import check_eval_args
-    from sparsekit.hf.export import size_table, sparsify_and_save
+    from sparsekit.hf.sizes import size_table, sparsify_and_save
     from sparsekit.hf.layers import DEFAULT_IGNORE, DEFAULT_TARGETS
     from sparsekit.hf.loading import load_model
     from sparsekit.preflight import check_regexes

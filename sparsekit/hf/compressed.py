@@ -25,7 +25,7 @@ from torch import nn
 
 from sparsekit._version import __version__
 from sparsekit._io import output_dir
-from sparsekit.hf.saving import protected_inputs
+from sparsekit._io import protected_inputs
 from sparsekit.hf import compressed_tensors as ct
 from sparsekit.hf.sparsify import set_submodule, sparse_layers
 from sparsekit.hf.safetensors_io import assign, finish, read_json, read_state, save_tensors, skeleton, write_json

@@ -1,9 +1,14 @@
-"""Save a pruned model as a complete HF checkpoint: dense safetensors with zeros + sparsekit.json.
+"""`save(model, dir, tokenizer, format=...)`: the one way to write a pruned or sparsified model.
 
-Dense-with-zeros is the format every tool and serving engine reads; `sparsekit.json` records how it
-was pruned. The write goes to a temp dir swapped into place (sparsekit._io.output_dir), so a killed run
-never leaves a half-written checkpoint, and a directory sparsekit did not write is never replaced
-without overwrite=True.
+Formats:
+- "dense" (default): a complete HF checkpoint with the zeros written out + `sparsekit.json` (how it was
+  pruned, from `metadata`), the format every tool and serving engine reads. A model holding SparseLinear24
+  layers (after `sparsekit.sparsify`) is written decompressed; a disk-offloaded model (blocks on meta) is
+  assembled from the pruning run's block files (`run`), one safetensors shard per block, never held in memory.
+- "sparsekit" and "sparse-24-bitmask": compressed 2:4 checkpoints of a sparsified model (sparsekit.hf.compressed).
+Every write goes to a temp dir swapped into place (sparsekit._io.output_dir), so a killed run never leaves a
+half-written checkpoint, and a directory sparsekit did not write is never replaced without overwrite=True.
+`save_pruned` and `save_pretrained` are the older names, kept for their callers.
 """
 from __future__ import annotations
 
@@ -11,62 +16,86 @@ import json
 import os
 from pathlib import Path
 
+from sparsekit._io import atomic_write_json, output_dir, protected_inputs
 from sparsekit._version import __version__
-from sparsekit._io import atomic_write_json, output_dir
+from sparsekit.hf.compressed import FORMATS
+from sparsekit.hf.compressed import save_pretrained as _save_compressed
 
 
-def protected_inputs(model=None, checkpoint_dir=None, **more) -> dict:
-    """The paths an output directory must never contain: the model's own directory, the run checkpoint, more."""
-    paths = {}
-    source = str(getattr(model, "name_or_path", "") or "")
-    if source and Path(source).exists():
-        paths["the model"] = source
-    if checkpoint_dir:
-        paths["the checkpoint directory"] = str(checkpoint_dir)
-    paths.update({k: v for k, v in more.items() if v})
-    return paths
+def save(model, out_dir, tokenizer=None, *, format: str = "dense", metadata: dict | None = None, run=None,
+         overwrite: bool = False, protect: dict | None = None, max_shard_size="5GB") -> Path:
+    """Write `model` to `out_dir` in `format` ("dense", "sparsekit" or "sparse-24-bitmask"); returns the absolute path.
 
-
-def save_pruned(model, tokenizer, out_dir, report=None, extra: dict | None = None,
-                checkpoint_dir=None, *, overwrite: bool = False, protect: dict | None = None) -> Path:
-    """Write the pruned model; a disk-offloaded model (blocks on meta) is assembled from the run's
-    `checkpoint_dir`, one safetensors shard per block, without ever holding it in memory.
-    `report` is the run's sparsekit.pipeline.report.PruneReport (its method, pattern, sparsity and
-    per-layer sparsities go into sparsekit.json); hf sits below the pipeline, so it is not imported here.
-
-    `out_dir` may be new, empty or a previous sparsekit output; anything else is refused unless
-    overwrite=True, and a directory holding the model, the checkpoint or the working directory
-    (or a path in `protect`, name -> path) is always refused (sparsekit._io.check_output_dir).
+    `metadata` (a plain dict) goes into sparsekit.json. `run` is the pruning run whose block files hold a
+    disk-offloaded model's blocks: an object with `block_file(index)` (sparsekit.pipeline.checkpoint.RunCheckpoint)
+    or its directory. `out_dir` may be new, empty or a previous sparsekit output; anything else is refused unless
+    overwrite=True, and a directory holding the model, the run or the working directory (or a path in `protect`,
+    name -> path) is always refused (sparsekit._io.check_output_dir).
     """
+    from sparsekit.nn import SparseLinear24
+
+    if format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {FORMATS}")
+    if format != "dense" or any(isinstance(m, SparseLinear24) for m in model.modules()):
+        return _save_compressed(model, out_dir, tokenizer, format=format, max_shard_size=max_shard_size, extra=metadata,
+                                overwrite=overwrite, protect=protect)
+    streamed = any(p.is_meta for p in model.parameters())
+    if streamed and run is None:
+        raise ValueError("the model's blocks are offloaded to disk: pass the run's checkpoint_dir to save it")
+    run_dir = getattr(run, "dir", run)
+    guarded = {**protected_inputs(model, run_dir), **(protect or {})}
+    with output_dir(out_dir, overwrite=overwrite, protect=guarded, flag="save directory") as tmp:
+        if streamed:
+            _save_streamed(model, _block_files(run), tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "sparsekit.json", {"sparsekit_version": __version__, "format": "dense", **(metadata or {})},
+                          sort_keys=True)
+    return Path(os.path.abspath(out_dir))
+
+
+def report_metadata(report=None, extra: dict | None = None) -> dict:
+    """sparsekit.json's fields from a PruneReport (method, pattern, sparsity, each layer's reached sparsity) + extra."""
+    meta = {}
+    if report is not None:
+        meta.update(method=report.method, pattern=report.pattern, sparsity=report.sparsity,
+                    layers={r.name: r.reached for r in report.layers})
+    return {**meta, **(extra or {})}
+
+
+def save_pruned(model, tokenizer, out_dir, report=None, extra: dict | None = None, checkpoint_dir=None, *,
+                overwrite: bool = False, protect: dict | None = None) -> Path:
+    """Older name of save(format="dense") taking a PruneReport; it refuses sparsified models as it always did."""
+    _refuse_sparsified(model)
+    return save(model, out_dir, tokenizer, format="dense", metadata=report_metadata(report, extra), run=checkpoint_dir,
+                overwrite=overwrite, protect=protect)
+
+
+def save_pretrained(model, out_dir, tokenizer=None, *, format: str = "sparsekit", max_shard_size="5GB",
+                    extra: dict | None = None, overwrite: bool = False, protect: dict | None = None) -> Path:
+    """Older name of save() for sparsified models (default format "sparsekit"; `extra` is the metadata)."""
+    return save(model, out_dir, tokenizer, format=format, metadata=extra, overwrite=overwrite, protect=protect,
+                max_shard_size=max_shard_size)
+
+
+def _refuse_sparsified(model) -> None:
     from sparsekit.nn import SparseLinear24
 
     if any(isinstance(m, SparseLinear24) for m in model.modules()):
         raise ValueError("the model holds SparseLinear24 layers: save it with sparsekit.save_pretrained(model, dir, tokenizer) "
                          "(compressed) or format='dense' (plain HF checkpoint)")
-    if any(p.is_meta for p in model.parameters()) and checkpoint_dir is None:
-        raise ValueError("the model's blocks are offloaded to disk: pass the run's checkpoint_dir to save it")
-    guarded = {**protected_inputs(model, checkpoint_dir), **(protect or {})}
-    with output_dir(out_dir, overwrite=overwrite, protect=guarded, flag="save directory") as tmp:
-        if any(p.is_meta for p in model.parameters()):
-            _save_streamed(model, Path(checkpoint_dir), tmp)
-        else:
-            model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        meta = {"sparsekit_version": __version__, "format": "dense"}
-        if report is not None:
-            meta.update(
-                method=report.method,
-                pattern=report.pattern,
-                sparsity=report.sparsity,
-                layers={r.name: r.reached for r in report.layers},
-            )
-        meta.update(extra or {})
-        atomic_write_json(tmp / "sparsekit.json", meta, sort_keys=True)
-    return Path(os.path.abspath(out_dir))
 
 
-def _save_streamed(model, checkpoint_dir: Path, out: Path) -> None:
+def _block_files(run):
+    """index -> the run's file of pruned block `index`: run.block_file, or the layout of a RunCheckpoint directory."""
+    if hasattr(run, "block_file"):
+        return run.block_file
+    return lambda index: Path(run) / "blocks" / f"{index:05d}.safetensors"
+
+
+def _save_streamed(model, block_file, out: Path) -> None:
     """HF sharded checkpoint: the non-block tensors, then each pruned block's file from the run."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -86,7 +115,7 @@ def _save_streamed(model, checkpoint_dir: Path, out: Path) -> None:
     save_file(outside, str(out / shard(0)), metadata={"format": "pt"})
     size = sum(t.numel() * t.element_size() for t in outside.values())
     for index in range(len(blocks)):
-        with safe_open(checkpoint_dir / "blocks" / f"{index:05d}.safetensors", framework="pt") as fh:
+        with safe_open(block_file(index), framework="pt") as fh:
             tensors = {f"{block_path}.{index}.{k}": fh.get_tensor(k) for k in fh.keys()}
         save_file(tensors, str(out / shard(index + 1)), metadata={"format": "pt"})
         weight_map.update({k: shard(index + 1) for k in tensors})
