@@ -230,15 +230,22 @@ def table_prune_time(results, opts) -> str:
         ok = [r for r in rows if r.status == "ok"]
         seen = {k for r in ok for k in r.derived.get("phases", {})}
         phases = [p for p in PHASE_ORDER if p in seen] + sorted(seen - set(PHASE_ORDER))
-        totals = {(r.params.get("model"), r.case.rsplit("/", 1)[-1]): r.median for r in ok if r.provider == base}
+        cpu = any("cpu_seconds" in r.derived for r in ok) and rows[0].device_kind == "cpu"
+        references = {(r.params.get("model"), r.case.rsplit("/", 1)[-1]): r for r in ok if r.provider == base}
 
-        def ratio(r):
-            reference = totals.get((r.params.get("model"), r.case.rsplit("/", 1)[-1]))
-            return _fmt(r.median / reference, 2, "×") if reference else "–"
+        def ratio(r):  # process CPU seconds where both rows have them (a shared CPU's wall time varies with load)
+            reference = references.get((r.params.get("model"), r.case.rsplit("/", 1)[-1]))
+            if reference is None:
+                return "–"
+            if "cpu_seconds" in r.derived and "cpu_seconds" in reference.derived:
+                return _fmt(r.derived["cpu_seconds"] / reference.derived["cpu_seconds"], 2, "×")
+            return _fmt(r.median / reference.median, 2, "×")
         body = [[r.params.get("model", ""), r.provider, r.case.rsplit("/", 1)[-1], r.params.get("calibration", ""), _fmt(r.median, 1)]
-                + ([ratio(r)] if base else []) + [_fmt(r.derived["phases"].get(p), 1) for p in phases] for r in ok]
+                + ([_fmt(r.derived.get("cpu_seconds"), 2)] if cpu else []) + ([ratio(r)] if base else [])
+                + [_fmt(r.derived["phases"].get(p), 1) for p in phases] for r in ok]
         name = rows[0].device if rows[0].device_kind == "cpu" else f"GPU: {rows[0].device}"
-        header = ["model", "method", "sparsity", "calibration", "total"] + ([f"vs {base}"] if base else []) + phases
+        header = (["model", "method", "sparsity", "calibration", "total"] + (["CPU s"] if cpu else [])
+                  + ([f"vs {base}"] if base else []) + phases)
         parts.append(_join(f"**{name}** (seconds)", _md_table(header, body), _notes(rows), provenance(rows)))
     return _join(*parts)
 
@@ -381,10 +388,18 @@ def table_presets(results, opts) -> str:
     ok = _one_model([r for r in by_device[slug] if r.status == "ok" and _matches(r, filters)])
     dense = next((r for r in reversed(ok) if r.provider == "dense"), None)
     index = {(r.provider, r.params["sparsity"]): r for r in ok}
-    times = {}
+    times: dict[tuple, dict[str, float]] = {}  # (provider, N:M?) -> {model: seconds}
     for r in _rows(results, "prune-time", slug).get(slug, []):
         if r.status == "ok":
-            times[(r.provider, ":" in r.case.rsplit("/", 1)[-1])] = r.median
+            seconds = ("cpu", r.derived["cpu_seconds"]) if "cpu_seconds" in r.derived else ("wall", r.median)
+            times.setdefault((r.provider, ":" in r.case.rsplit("/", 1)[-1]), {})[r.params.get("model")] = seconds
+
+    def time_ratio(names, base_names, nm):
+        """Seconds of the first of `names` over the first of `base_names` measured on the same model."""
+        mine = next((times[(n, nm)] for n in names if (n, nm) in times), {})
+        theirs = next((times[(n, nm)] for n in base_names if (n, nm) in times), {})
+        common = [model for model in mine if model in theirs and mine[model][0] == theirs[model][0]]  # CPU s if both have them
+        return mine[common[0]][1] / theirs[common[0]][1] if common else None
     base = opts.get("relative_to", "SparseGPT")
     labels = opts.get("sparsities", "0.5,0.6,0.7,2:4").split(",")
     body, used = [], []
@@ -396,8 +411,11 @@ def table_presets(results, opts) -> str:
             row, reference = index.get((provider, label)), index.get((base, label))
             nm = ":" in label
             cpu = "prune_cpu_seconds"  # wall seconds of separate runs on a shared CPU do not compare; CPU seconds do
-            if (provider, nm) in times and (base, nm) in times:
-                cost = _fmt(times[(provider, nm)] / times[(base, nm)], 1, "×")
+            # prune-time rows name plain methods by their key (sparsegpt), configurations by the table name
+            ratio = time_ratio([provider] + ([recipe.method] if not options and not recipe.allocation else []),
+                               [base, base.lower()], nm)
+            if ratio is not None:
+                cost = _fmt(ratio, 1, "×")
             elif row and reference and cpu in row.derived and cpu in reference.derived:
                 cost = _fmt(row.derived[cpu] / reference.derived[cpu], 1, "×*")
             else:

@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--method", "--prune_method", default=None, type=str.lower, choices=sorted(PRUNERS), help="default wanda")
     p.add_argument("--preset", default=None, type=str.lower, choices=["fast", "quality"],
-                   help="a measured recipe per pattern (sparsekit/presets.py): quality = ALPS, fast = SparseGPT + "
-                        "ALPS update; flags given explicitly win")
+                   help="a measured recipe per pattern (sparsekit/presets.py): quality = ALPS, fast = ADMM (about 2x "
+                        "SparseGPT's time); flags given explicitly win")
     p.add_argument("--sparsity", "--sparsity_ratio", type=_parse_sparsity, default=None,
                    help="fraction pruned (default 0.5; n/m for N:M) or a JSON {layer|re:regex: fraction}")
     p.add_argument("--pattern", "--sparsity_type", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")

@@ -2,9 +2,10 @@
 pattern, chosen from the measured accuracy and pruning-time tables (SmolLM2-135M, README protocol;
 docs/results.md). Explicit settings always win over the preset's.
 
-- quality: the lowest measured perplexity, whatever it costs (ALPS chooses mask and weights together).
-- fast: most of ALPS's gain at a fraction of its time: SparseGPT's mask and update, then ALPS's CG
-  re-fit on that mask (`update="alps"`).
+- quality: the lowest measured perplexity, whatever it costs (ALPS: ADMM with an adaptive penalty chooses
+  mask and weights together, then CG on the support).
+- fast: most of ALPS's gain within 3x SparseGPT's time: ADMM with the gradual mask (Boza; fixed penalty,
+  one inverse, 20 iterations), more accurate than SparseGPT followed by ALPS's re-fit at similar cost.
 
 A recipe is looked up by pattern kind ("unstructured" or "N:M") and, for unstructured, by the highest
 `min_sparsity` not above the requested sparsity (so a recipe can change with the sparsity).
@@ -26,26 +27,20 @@ class Recipe:
     min_sparsity: float = 0.0  # unstructured: used from this sparsity up (the highest one not above the target wins)
     cost: str = ""  # measured pruning time relative to SparseGPT's on the same machine, for the docs
 
-    def describe(self) -> str:
-        options = ", ".join(f"{k}={v}" for k, v in sorted(self.method_options.items()))
-        text = self.method + (f" ({options})" if options else "")
-        text = (f"{self.allocation}+" if self.allocation else "") + text
-        return text + (" +permute" if self.permute else "")
 
 
 UNSTRUCTURED, NM = "unstructured", "N:M"
 
-# Costs: process CPU seconds of one SmolLM2-135M block's layer work (block 15, 1 thread, AMD EPYC) against
-# SparseGPT's (0.62 s at 60%, 0.66 s at 2:4); the pipeline's shared statistics and forward passes (about 1 s per
-# block) come on top of both, so whole-run ratios are smaller (about 6x and 1.6x).
+# Costs: process CPU seconds of pruning one SmolLM2-135M block (layer 15 at 60%, 1 thread, AMD EPYC;
+# `python -m benchmarks prune-time --smollm2-layers 15:16 ...`) against SparseGPT's 1.61 s.
 PRESETS: dict[str, dict[str, tuple[Recipe, ...]]] = {
     "quality": {
-        UNSTRUCTURED: (Recipe("alps", cost="14x per layer (CPU s)"),),
-        NM: (Recipe("alps", cost="12x per layer (CPU s)"),),
+        UNSTRUCTURED: (Recipe("alps", cost="6.3x SparseGPT (CPU s per block)"),),
+        NM: (Recipe("alps", cost="6.3x SparseGPT (CPU s per block)"),),
     },
     "fast": {
-        UNSTRUCTURED: (Recipe("sparsegpt", {"update": "alps"}, cost="2.6x per layer (CPU s)"),),
-        NM: (Recipe("sparsegpt", {"update": "alps"}, cost="2.5x per layer (CPU s)"),),
+        UNSTRUCTURED: (Recipe("admm", cost="2.2x SparseGPT (CPU s per block)"),),
+        NM: (Recipe("admm", cost="2.2x SparseGPT (CPU s per block)"),),
     },
 }
 

@@ -23,7 +23,7 @@ def test_resolution_by_pattern(pattern):
     for name in PRESETS:
         assert resolve_preset(name, pattern, 0.5) == PRESETS[name][kind][0]
     config = preset_config("fast", sparsity=None if ":" in pattern else 0.6, pattern=pattern)
-    assert (config.method, config.method_options) == ("sparsegpt", {"update": "alps"})
+    assert (config.method, config.method_options, config.pattern) == ("admm", {}, pattern)
     assert preset_config("quality", sparsity=None if ":" in pattern else 0.6, pattern=pattern).method == "alps"
 
 
@@ -37,10 +37,17 @@ def test_unstructured_recipe_changes_with_sparsity(monkeypatch):
     assert preset_config("test", sparsity={"re:.*": 0.8}).method == "wanda"  # a per-layer map: the first recipe
 
 
-def test_explicit_settings_win():
-    assert preset_config("fast", method_options={"update": "admm"}).method_options == {"update": "admm"}
-    assert preset_config("fast", method_options={"blocksize": 64}).method_options == {"update": "alps", "blocksize": 64}
-    other = preset_config("fast", method="wanda")
+@pytest.fixture
+def with_options(monkeypatch):
+    recipe = Recipe("sparsegpt", {"update": "alps"})
+    monkeypatch.setitem(PRESETS, "opts", {presets.UNSTRUCTURED: (recipe,), presets.NM: (recipe,)})
+
+
+def test_explicit_settings_win(with_options):
+    assert preset_config("opts").method_options == {"update": "alps"}
+    assert preset_config("opts", method_options={"update": "admm"}).method_options == {"update": "admm"}
+    assert preset_config("opts", method_options={"blocksize": 64}).method_options == {"update": "alps", "blocksize": 64}
+    other = preset_config("opts", method="wanda")
     assert (other.method, other.method_options) == ("wanda", {})  # the preset's options belong to its method
     assert preset_config("quality", allocation="owl", sparsity=0.7).allocation == "owl"
     assert preset_config("quality", batch_size=2).batch_size == 2
@@ -59,14 +66,22 @@ def _cli(*flags):
     return args
 
 
-def test_cli_flag_fills_unset_flags_only():
-    args = _cli("--preset", "fast", "--pattern", "2:4")
-    assert (args.method, args.update) == ("sparsegpt", "alps")
-    assert _cli("--preset", "fast", "--update", "none").update == "none"
-    args = _cli("--preset", "fast", "--method", "wanda")
-    assert (args.method, args.update) == ("wanda", None)
+def test_cli_flag_fills_unset_flags_only(with_options):
+    assert (_cli("--preset", "fast", "--pattern", "2:4").method, _cli("--preset", "quality").method) == ("admm", "alps")
     args = _cli("--preset", "quality", "--sparsity", "0.7", "--alps-cg-iters", "20")
     assert (args.method, args.opt__alps__cg_iters) == ("alps", 20)
+    args = build_parser().parse_args(["prune", "--model", "m", "--pattern", "2:4"])
+    args.preset = "opts"  # a preset with options (the registered ones have none today)
+    apply_to_cli_args(args)
+    assert (args.method, args.update) == ("sparsegpt", "alps")
+    args = build_parser().parse_args(["prune", "--model", "m", "--update", "none"])
+    args.preset = "opts"
+    apply_to_cli_args(args)
+    assert args.update == "none"
+    args = build_parser().parse_args(["prune", "--model", "m", "--method", "wanda"])
+    args.preset = "opts"
+    apply_to_cli_args(args)
+    assert (args.method, args.update) == ("wanda", None)
 
 
 def test_cli_choices_are_the_presets(capsys):
@@ -89,5 +104,4 @@ def test_cli_prune_with_a_preset(tmp_path):
                "--calib", str(tmp_path / "calib.txt"), "--preset", "fast", "--pattern", "2:4", "--json", str(summary)])
     assert rc == 0
     recorded = json.loads(summary.read_text())
-    assert recorded["method"] == "sparsegpt" and recorded["sparsity_reached"] == pytest.approx(0.5)
-    assert recorded["method_options"] == {"update": "alps"}
+    assert recorded["method"] == "admm" and recorded["sparsity_reached"] == pytest.approx(0.5)

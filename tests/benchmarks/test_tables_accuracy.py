@@ -13,10 +13,10 @@ def _acc(provider, sparsity, ppl, seconds=None, **params):
                            params={**ACC, "sparsity": sparsity, **params}, derived=derived, **CPU)
 
 
-def _time(provider, pattern, seconds):
+def _time(provider, pattern, seconds, cpu=None):
+    derived = {"phases": {"masks": seconds / 2}, **({"cpu_seconds": cpu} if cpu else {})}
     return schema.BenchRow(benchmark="prune-time", case=f"m/{provider}/{pattern}", provider=provider, metric="prune seconds",
-                           median=seconds, params={"model": "m", "calibration": "c"}, derived={"phases": {"masks": seconds / 2}},
-                           **{**CPU, "unit": "s"})
+                           median=seconds, params={"model": "m", "calibration": "c"}, derived=derived, **{**CPU, "unit": "s"})
 
 
 def _zs(provider, sparsity, task, acc, stderr):
@@ -33,6 +33,9 @@ def test_prune_time_relative_to_a_base(tmp_path):
     assert "| m | ALPS | 0.5 | c | 47.0 | 4.70× | 23.5 |" in text and "| m | ALPS | 2:4 | c | 30.0 | 1.50× | 15.0 |" in text
     assert "| m | SparseGPT | 0.5 | c | 10.0 | 1.00× |" in text and "Wanda" not in text
     assert text.index("| SparseGPT | 0.5") < text.index("| ALPS | 0.5")
+    schema.upsert_rows(tmp_path / "cpu-x" / "prune-time.jsonl", [_time("SparseGPT", "0.6", 30.0, cpu=2.0), _time("ALPS", "0.6", 40.0, cpu=12.0)])
+    text = tables.table_prune_time(tables.load_results(tmp_path), {"methods": "SparseGPT;ALPS", "relative_to": "SparseGPT"})
+    assert "| m | ALPS | 0.6 | c | 40.0 | 12.00 | 6.00× | 20.0 |" in text  # CPU seconds when both rows have them
 
 
 def test_zeroshot_filters_and_stderr(tmp_path):
@@ -51,12 +54,12 @@ def test_presets_table_from_accuracy_rows(tmp_path):
             _acc("SparseGPT", "2:4", 100.0, seconds=10.0), _acc("ALPS", "2:4", 80.0, seconds=50.0),
             _acc("SparseGPT+ALPS", "2:4", 90.0, seconds=16.0)]
     schema.upsert_rows(tmp_path / "cpu-x" / "accuracy.jsonl", rows)
-    schema.upsert_rows(tmp_path / "cpu-x" / "prune-time.jsonl", [_time("SparseGPT", "2:4", 20.0), _time("ALPS", "2:4", 90.0)])
+    schema.upsert_rows(tmp_path / "cpu-x" / "prune-time.jsonl",  # plain methods are named by their key there
+                       [_time("sparsegpt", "2:4", 20.0, cpu=2.0), _time("alps", "2:4", 90.0, cpu=9.0)])
     text = tables.table_presets(tables.load_results(tmp_path), {"sparsities": "0.6,2:4", "calibration": "32x256"})
-    assert "| quality | 0.6 | `--method alps` | 75.00 | 3.00× | -25.0% | 5.0×* |" in text  # accuracy runs' seconds
+    assert "| quality | 0.6 | `--method alps` | 75.00 | 3.00× | -25.0% | 5.0×* |" in text  # accuracy runs' CPU seconds
     assert "| quality | 2:4 | `--method alps` | 80.00 | 3.20× | -20.0% | 4.5× |" in text  # the prune-time benchmark's
-    assert "| fast | 2:4 | `--method sparsegpt --update alps` | 90.00 | 3.60× | -10.0% | 1.6×* |" in text
-    assert "| fast | 0.6 | `--method sparsegpt --update alps` | not measured | – | – | 2.6x per layer (CPU s) |" in text
+    assert "| fast | 0.6 | `--method admm` | not measured | – | – | 2.2x SparseGPT (CPU s per block) |" in text
     rendered = tables.render("<!-- bench:presets sparsities=0.6 -->\n<!-- /bench:presets -->", tables.load_results(tmp_path))
     assert "| quality | 0.6 |" in rendered and "| quality | 2:4 |" not in rendered
 
