@@ -17,6 +17,18 @@ def check_tensor(t, name: str, *, ndim: int | None = None, float_dtype: bool = T
         raise TypeError(f"{name} must be a floating tensor (float32/float16/bfloat16), got {t.dtype}; cast it with .float()")
 
 
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what the fused kernels compute in
+
+
+def check_float_tensor(t, name: str, purpose: str = "") -> None:
+    """A float16/bfloat16/float32 tensor, or an error naming the cast; `purpose` ends the message ("for 2:4")."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16 or float32{' ' + purpose if purpose else ''}, got {t.dtype}; "
+                        "cast it with .to(torch.bfloat16)")
+
+
 def check_weight(weight, name="weight") -> None:
     """A finite 2-D float weight (out, in)."""
     check_tensor(weight, name, ndim=2)

@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from sparsekit import backend
 from sparsekit.m_buckets import m_bucket
 
 
@@ -433,7 +434,7 @@ def sparse24_matmul(
     perm_arg = kernel_perm(perm) if perm is not None else count  # never read when PERMUTED is False
     args = (x2d, values, meta, bias_arg, out, ws, count, perm_arg, m, n, k, m_bucket(m),
             x2d.stride(0), x2d.stride(1), values.stride(0), out.stride(0), out.stride(1))
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    interpreting = backend.triton_interpreting()
     flags = dict(HAS_BIAS=bias is not None, PERMUTED=perm is not None,
                  IEEE=x2d.dtype == torch.float32 or (interpreting and x2d.dtype == torch.bfloat16))
 
@@ -476,10 +477,6 @@ def _config_dict(cfg: triton.Config) -> dict:
 # Triton >= 3.3 launchers take every kernel argument, constexprs included, in signature order (what
 # JITFunction.run passes); older ones took a different list, so there plans launch through the JIT.
 DIRECT_LAUNCH = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 3)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _resolve_config(x2d, values, meta, bias, bucket: int, perm=None) -> tuple[dict, torch.Tensor]:
@@ -581,7 +578,7 @@ def build_launch_plan(x2d: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     it, and benchmarks/bench_host_overhead.py stubs the launch to time the Python around it.
     """
     device = x2d.device
-    if device.type == "cuda" and _interpreting():
+    if device.type == "cuda" and backend.triton_interpreting():
         raise RuntimeError("launch plans need compiled kernels; under TRITON_INTERPRET=1 use sparse24_matmul")
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # Triton compiles for the current device
         return _build_launch_plan(x2d, values, meta, bias, perm, compile_kernel)
@@ -604,7 +601,7 @@ def _build_launch_plan(x2d, values, meta, bias, perm, compile_kernel):
     store.ensure(bucket * n if cfg["SPLIT_K"] > 1 else 1, tiles if cfg["SPLIT_K"] > 1 else 1, stream)
     ws, count = store.get(stream)
     flags = dict(HAS_BIAS=bias is not None, EVEN_N=n % cfg["BLOCK_N"] == 0, EVEN_K=k % cfg["BLOCK_K"] == 0,
-                 IEEE=x2d.dtype == torch.float32 or (_interpreting() and x2d.dtype == torch.bfloat16),
+                 IEEE=x2d.dtype == torch.float32 or (backend.triton_interpreting() and x2d.dtype == torch.bfloat16),
                  PERMUTED=perm is not None)
     perm_arg = kernel_perm(perm) if perm is not None else count
     x_std = x2d if _is_standard(x2d) else torch.empty((m, k), dtype=x2d.dtype, device=device)

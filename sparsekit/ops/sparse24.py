@@ -16,7 +16,8 @@ import torch
 
 from sparsekit import backend as _backend
 from sparsekit.ops import sparse24_launch as _launch
-from sparsekit.ops.sparse24_checks import DTYPES, check_compressed, check_float, check_matmul_operands, check_shape_24  # noqa: F401 (public here)
+from sparsekit.checks import check_float_tensor
+from sparsekit.ops.sparse24_checks import DTYPES, check_compressed, check_matmul_operands, check_shape_24  # noqa: F401 (public here)
 from sparsekit.torch_backend import sparse24 as _ref
 
 
@@ -37,7 +38,7 @@ def not_24_message(weight: torch.Tensor, name: str = "weight") -> str | None:
 
 def compress_24(weight: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values (N, K/2), meta int16 (N, K/16)) of a 2:4-sparse weight (N, K) = (out, in)."""
-    check_float(weight, "weight")
+    check_float_tensor(weight, "weight", "for 2:4")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     check_shape_24(*weight.shape)
@@ -80,7 +81,7 @@ def bitmask_to_dense(compressed: torch.Tensor, bitmask: torch.Tensor, shape) -> 
         raise TypeError(f"bitmask must be a uint8 tensor (numpy.packbits little-endian), got {getattr(bitmask, 'dtype', type(bitmask).__name__)}")
     if tuple(bitmask.shape) != (rows, -(-cols // 8)):
         raise ValueError(f"bitmask must have shape (rows, ceil(cols/8)) = ({rows}, {-(-cols // 8)}) for shape {shape}, got {tuple(bitmask.shape)}")
-    check_float(compressed, "compressed")
+    check_float_tensor(compressed, "compressed", "for 2:4")
     mask = _ref.unpack_bitmask(bitmask, cols)
     kept = int(mask.sum())
     if kept != compressed.numel():

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from sparsekit.checks import KERNEL_DTYPES, check_float_tensor
+
+DTYPES = KERNEL_DTYPES
 ROW_MULTIPLE = 32   # N: one CUTLASS meta tile covers 32 rows
 COL_MULTIPLE = 64   # K: torch's semi-structured minimum for 16-bit types
-
-
-def check_float(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32 for 2:4, got {t.dtype}; cast it with .to(torch.bfloat16)")
 
 
 def check_shape_24(rows: int, cols: int, name: str = "weight") -> None:
@@ -35,7 +30,7 @@ def check_shape_24(rows: int, cols: int, name: str = "weight") -> None:
 
 def check_compressed(values: torch.Tensor, meta: torch.Tensor) -> tuple[int, int]:
     """Validate a (values, meta) pair; returns the dense (N, K)."""
-    check_float(values, "values")
+    check_float_tensor(values, "values", "for 2:4")
     if not isinstance(meta, torch.Tensor):
         raise TypeError(f"meta must be a torch.Tensor, got {type(meta).__name__}")
     if values.dim() != 2:
@@ -54,7 +49,7 @@ def check_compressed(values: torch.Tensor, meta: torch.Tensor) -> tuple[int, int
 def check_matmul_operands(x, values, meta, bias) -> tuple[int, int]:
     """Validate sparse24_matmul's operands without touching their data (no host sync); returns (N, K)."""
     n, k = check_compressed(values, meta)
-    check_float(x, "x")
+    check_float_tensor(x, "x", "for 2:4")
     if x.dim() < 1 or x.shape[-1] != k:
         raise ValueError(f"x must have shape (..., K) with K={k} (in_features of the weight), got {tuple(x.shape)}")
     if x.dtype != values.dtype:
