@@ -12,6 +12,9 @@ show each device's results under its own heading, CPU labelled as such. Every ta
 where its numbers come from (device, versions, commit, date, command). The accuracy table takes
 filters on its rows' params (calibration=32x256 eval_windows=64), methods="A;B" (these rows, in this
 order), sparsities=0.5,2:4 (these columns) and relative_to=Wanda (each cell also shows its change vs that row).
+The zeroshot table takes methods=, sparsities= and mean_without=boolq (a second mean without those tasks);
+prune-time takes methods= and relative_to= (ratios of process CPU seconds where the rows have them); presets
+shows each `--preset` recipe (sparsekit/presets.py) at sparsities= with the accuracy table's filters.
 
     python -m benchmarks tables --readme README.md           # rewrite in place (atomic)
     python -m benchmarks tables --readme README.md --check   # exit 1 if the README is stale
@@ -343,12 +346,16 @@ def table_zeroshot(results, opts) -> str:
 
     def score(r):  # acc_norm where lm-eval reports it, else acc
         return r.derived.get("acc_norm", r.median)
+    left_out = [t for t in opts.get("mean_without", "").split(",") if t in tasks]  # e.g. a task at chance for every row
+
+    def mean(cells, names):
+        values = [score(c) for c, t in zip(cells, tasks) if c is not None and t in names]
+        return _fmt(sum(values) / len(values) * 100, 1) if len(values) == len(names) else "–"
     body = []
     for model, method, sparsity in configs:
         cells = [index.get((model, method, sparsity, t)) for t in tasks]
-        values = [score(c) for c in cells if c is not None]
         body.append([model, method, sparsity] + [_fmt(score(c) * 100, 1) if c is not None else "–" for c in cells]
-                    + [_fmt(sum(values) / len(values) * 100, 1) if len(values) == len(tasks) else "–"])
+                    + [mean(cells, tasks)] + ([mean(cells, [t for t in tasks if t not in left_out])] if left_out else []))
     limits = sorted({str(r.params.get("limit") or "all") for r in ok})
     chance = ", ".join(f"{t} {ok[[r.params['task'] for r in ok].index(t)].derived.get('chance', 0) * 100:.0f}" for t in tasks)
     head = (f"Zero-shot accuracy (%; acc_norm where lm-eval reports it, else acc), first {'/'.join(limits)} validation "
@@ -360,7 +367,8 @@ def table_zeroshot(results, opts) -> str:
         mean_error = (sum(e * e for e in errors) / len(errors)) ** 0.5 / len(tasks) ** 0.5
         spread = (f"Standard error (sample std / √n) per task: {min(errors) * 100:.1f} to {max(errors) * 100:.1f} points; "
                   f"of the mean over the {len(tasks)} tasks: about {mean_error * 100:.1f} points.")
-    return _join(head, _md_table(["model", "method", "sparsity"] + tasks + ["mean"], body), spread, _notes(rows), provenance(rows))
+    header = ["model", "method", "sparsity"] + tasks + ["mean"] + ([f"mean without {', '.join(left_out)}"] if left_out else [])
+    return _join(head, _md_table(header, body), spread, _notes(rows), provenance(rows))
 
 
 def _preset_flags(recipe) -> str:

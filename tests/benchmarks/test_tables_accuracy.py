@@ -47,6 +47,11 @@ def test_zeroshot_filters_and_stderr(tmp_path):
     assert lines == ["| m | dense | dense | 66.0 | 66.0 |", "| m | Wanda | 0.5 | 60.0 | 60.0 |",
                      "| m | Wanda | 2:4 | 55.0 | 55.0 |", "| m | ALPS | 2:4 | 62.0 | 62.0 |"]
     assert "per task: 6.0 to 7.0 points" in text
+    rows = [_zs("dense", "dense", "boolq", 0.20, 0.06), _zs("Wanda", "0.5", "boolq", 0.70, 0.06)]
+    schema.upsert_rows(tmp_path / "cpu-x" / "zeroshot.jsonl", rows)
+    text = tables.table_zeroshot(tables.load_results(tmp_path), {"methods": "Wanda", "sparsities": "0.5", "mean_without": "boolq"})
+    assert "| mean | mean without boolq |" in text
+    assert "| m | dense | dense | 66.0 | 20.0 | 43.0 | 66.0 |" in text and "| m | Wanda | 0.5 | 60.0 | 70.0 | 65.0 | 60.0 |" in text
 
 
 def test_presets_table_from_accuracy_rows(tmp_path):
