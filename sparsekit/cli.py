@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--method", "--prune_method", default=None, type=str.lower, choices=sorted(PRUNERS), help="default wanda")
     p.add_argument("--preset", default=None, type=str.lower, choices=["fast", "quality"],
-                   help="a measured recipe per pattern (sparsekit/presets.py): quality = ALPS, fast = ADMM (about 2x "
+                   help="a measured recipe per pattern (sparsekit/presets.py): quality = ALPS (N:M with --permute), fast = ADMM (about 2x "
                         "SparseGPT's time); flags given explicitly win")
     p.add_argument("--sparsity", "--sparsity_ratio", type=_parse_sparsity, default=None,
                    help="fraction pruned (default 0.5; n/m for N:M) or a JSON {layer|re:regex: fraction}")

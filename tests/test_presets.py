@@ -24,7 +24,8 @@ def test_resolution_by_pattern(pattern):
         assert resolve_preset(name, pattern, 0.5) == PRESETS[name][kind][0]
     config = preset_config("fast", sparsity=None if ":" in pattern else 0.6, pattern=pattern)
     assert (config.method, config.method_options, config.pattern) == ("admm", {}, pattern)
-    assert preset_config("quality", sparsity=None if ":" in pattern else 0.6, pattern=pattern).method == "alps"
+    quality = preset_config("quality", sparsity=None if ":" in pattern else 0.6, pattern=pattern)
+    assert (quality.method, quality.permute) == ("alps", pattern != "unstructured")  # N:M along a channel permutation
 
 
 def test_unstructured_recipe_changes_with_sparsity(monkeypatch):
@@ -69,7 +70,8 @@ def _cli(*flags):
 def test_cli_flag_fills_unset_flags_only(with_options):
     assert (_cli("--preset", "fast", "--pattern", "2:4").method, _cli("--preset", "quality").method) == ("admm", "alps")
     args = _cli("--preset", "quality", "--sparsity", "0.7", "--alps-cg-iters", "20")
-    assert (args.method, args.opt__alps__cg_iters) == ("alps", 20)
+    assert (args.method, args.opt__alps__cg_iters, args.permute) == ("alps", 20, False)
+    assert _cli("--preset", "quality", "--pattern", "2:4").permute
     args = build_parser().parse_args(["prune", "--model", "m", "--pattern", "2:4"])
     args.preset = "opts"  # a preset with options (the registered ones have none today)
     apply_to_cli_args(args)

@@ -56,14 +56,14 @@ def test_zeroshot_filters_and_stderr(tmp_path):
 
 def test_presets_table_from_accuracy_rows(tmp_path):
     rows = [_acc("dense", "dense", 25.0), _acc("SparseGPT", "0.6", 100.0, seconds=10.0), _acc("ALPS", "0.6", 75.0, seconds=50.0),
-            _acc("SparseGPT", "2:4", 100.0, seconds=10.0), _acc("ALPS", "2:4", 80.0, seconds=50.0),
+            _acc("SparseGPT", "2:4", 100.0, seconds=10.0), _acc("ALPS+permute", "2:4", 80.0, seconds=50.0),
             _acc("SparseGPT+ALPS", "2:4", 90.0, seconds=16.0)]
     schema.upsert_rows(tmp_path / "cpu-x" / "accuracy.jsonl", rows)
     schema.upsert_rows(tmp_path / "cpu-x" / "prune-time.jsonl",  # plain methods are named by their key there
-                       [_time("sparsegpt", "2:4", 20.0, cpu=2.0), _time("alps", "2:4", 90.0, cpu=9.0)])
+                       [_time("sparsegpt", "2:4", 20.0, cpu=2.0), _time("ALPS+permute", "2:4", 90.0, cpu=9.0)])
     text = tables.table_presets(tables.load_results(tmp_path), {"sparsities": "0.6,2:4", "calibration": "32x256"})
     assert "| quality | 0.6 | `--method alps` | 75.00 | 3.00× | -25.0% | 5.0×* |" in text  # accuracy runs' CPU seconds
-    assert "| quality | 2:4 | `--method alps` | 80.00 | 3.20× | -20.0% | 4.5× |" in text  # the prune-time benchmark's
+    assert "| quality | 2:4 | `--method alps --permute` | 80.00 | 3.20× | -20.0% | 4.5× |" in text  # the prune-time benchmark's
     assert "| fast | 0.6 | `--method admm` | not measured | – | – | 2.2x SparseGPT (CPU s per block) |" in text
     rendered = tables.render("<!-- bench:presets sparsities=0.6 -->\n<!-- /bench:presets -->", tables.load_results(tmp_path))
     assert "| quality | 0.6 |" in rendered and "| quality | 2:4 |" not in rendered
