@@ -433,8 +433,9 @@ def table_presets(results, opts) -> str:
                          f"{(row.median / reference.median - 1) * 100:+.1f}%" if row and reference else "–", cost])
             used += [r for r in (row, reference) if r]
     head = ("`--preset NAME` resolves to these flags (explicit flags win); perplexity as in the accuracy table"
-            + (f" (dense **{dense.median:.2f}**)" if dense else "") + f"; time: total pruning seconds against {base}'s "
-            "(the prune-time benchmark; * the accuracy runs' process CPU seconds; otherwise the preset's documented cost).")
+            + (f" (dense **{dense.median:.2f}**)" if dense else "") + f"; time: pruning seconds against {base}'s "
+            "(the prune-time benchmark, process CPU seconds where recorded; * the accuracy runs' process CPU seconds; "
+            "otherwise the preset's documented cost).")
     header = ["preset", "sparsity", "same as", "ppl", "× dense", f"vs {base}", f"time vs {base}"]
     return _join(head, _md_table(header, body), provenance(used + ([dense] if dense else [])) if used else "")
 
