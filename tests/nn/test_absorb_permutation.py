@@ -2,7 +2,9 @@
 read their input already permuted (gate/up or c_fc rows permuted), found by structure (a probe), and the model
 still computes what the pruned dense model computes; dense export un-permutes, checkpoints reload identically."""
 import copy
+import threading
 
+import pytest
 import torch
 from torch import nn
 
@@ -106,6 +108,106 @@ def test_probe_keeps_the_permutation_when_the_intermediate_is_not_elementwise():
     assert layers["0.fc2"].perm is not None and layers["0.fc1"].out_order is None
     with torch.no_grad():  # the cumulative sum adds up fc1's rounding (its sums are reordered by its gather)
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-3)
+
+
+class ScaledIntermediate(nn.Module):
+    """down(silu(gate x) * up x * scale): a per-feature scale on the intermediate stays in the old order, so
+    permuting gate/up's rows changes the function (by ~1%, which bf16/fp16 rounding alone would hide)."""
+
+    def __init__(self, gate, up, down, scale):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x) * self.scale)
+
+
+def permuted_mlp(hidden, intermediate, seed):
+    gate, gate_perm = permuted_linear(intermediate, hidden, seed=seed)
+    up, _ = permuted_linear(intermediate, hidden, seed=seed + 1)
+    up.weight.data.mul_(gate.weight != 0)  # gate/up share one input permutation (their weights 2:4 along it)
+    down, down_perm = permuted_linear(hidden, intermediate, seed=seed + 2)
+    for layer, perm in ((gate, gate_perm), (up, gate_perm), (down, down_perm)):
+        setattr(layer, INPUT_PERMUTATION_ATTR, perm)
+    return gate, up, down
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_probe_keeps_the_permutation_when_the_intermediate_is_scaled_per_feature(dtype):
+    gate, up, down = permuted_mlp(64, 128, seed=11)
+    scale = 1 + 0.01 * torch.randn(128, generator=torch.Generator().manual_seed(12)).sign()
+    dense = nn.Sequential(ScaledIntermediate(gate, up, down, scale)).to(dtype)
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(13)).to(dtype)
+    with torch.no_grad():
+        expected = dense(x)
+    model, kept = copy.deepcopy(dense), copy.deepcopy(dense)
+    report = sparsekit.sparsify(model, targets=["Linear"], ignore=[])
+    sparsekit.sparsify(kept, targets=["Linear"], ignore=[], absorb_permutations=False)
+    assert report.absorbed == [] and len(report.swapped) == 3
+    layers = sparse_layers(model)
+    assert layers["0.down_proj"].perm is not None and layers["0.gate_proj"].out_order is None
+    assert layers["0.up_proj"].out_order is None and layers["0.down_proj"].in_order is None
+    with torch.no_grad():
+        got = model(x)
+        assert torch.equal(got, kept(x))  # exactly the model that gathers x in down_proj's kernel
+    # the dense-with-zeros model, to the rounding of reordered sums in this dtype (a wrong absorption is ~1% off)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=2e-3 * expected.abs().max().item())
+
+
+class UnusedProducer(nn.Module):
+    """fc_spare has the producer's shape but forward never calls it: permuting its rows proves nothing."""
+
+    def __init__(self, fc1, fc_spare, fc2):
+        super().__init__()
+        self.fc1, self.fc_spare, self.fc2 = fc1, fc_spare, fc2
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_probe_keeps_the_permutation_when_a_producer_never_runs():
+    fc1, perm1 = permuted_linear(128, 64, seed=21)
+    fc_spare, perm_spare = permuted_linear(128, 64, seed=22)
+    fc2, perm2 = permuted_linear(64, 128, seed=23)
+    for layer, perm in ((fc1, perm1), (fc_spare, perm_spare), (fc2, perm2)):
+        setattr(layer, INPUT_PERMUTATION_ATTR, perm)
+    model = nn.Sequential(UnusedProducer(fc1, fc_spare, fc2))
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        expected = model(x)
+    report = sparsekit.sparsify(model, targets=["Linear"], ignore=[])
+    assert report.absorbed == [] and len(report.swapped) == 3
+    layers = sparse_layers(model)
+    assert layers["0.fc2"].perm is not None and layers["0.fc_spare"].out_order is None
+    assert layers["0.fc1"].out_order is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-4)
+
+
+class Uncopyable(UnusedProducer):
+    """An MLP the probe cannot deepcopy (holds a lock); with `oom`, one whose probe forward runs out of memory."""
+
+    def __init__(self, fc1, fc2, oom=False):
+        super().__init__(fc1, nn.Identity(), fc2)
+        self.lock, self.oom = (None if oom else threading.Lock()), oom
+
+    def forward(self, x):
+        if self.oom and not torch.is_grad_enabled():  # only the probe runs without grad here
+            raise torch.OutOfMemoryError("probe ran out of memory")
+        return super().forward(x)
+
+
+def test_probe_skips_an_uncopyable_module_and_lets_out_of_memory_through():
+    fc1, perm1 = permuted_linear(128, 64, seed=31)
+    fc2, perm2 = permuted_linear(64, 128, seed=32)
+    setattr(fc1, INPUT_PERMUTATION_ATTR, perm1)
+    setattr(fc2, INPUT_PERMUTATION_ATTR, perm2)
+    model = nn.Sequential(Uncopyable(copy.deepcopy(fc1), copy.deepcopy(fc2)))
+    report = sparsekit.sparsify(model, targets=["Linear"], ignore=[])
+    assert report.absorbed == [] and sparse_layers(model)["0.fc2"].perm is not None
+    with pytest.raises(torch.OutOfMemoryError):
+        sparsekit.sparsify(nn.Sequential(Uncopyable(fc1, fc2, oom=True)), targets=["Linear"], ignore=[])
 
 
 def test_in_order_and_out_order_are_checked_on_load():
