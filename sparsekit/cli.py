@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", default=None, type=str.lower, choices=["none", "alps", "admm"],
                    help="re-fit the kept weights after the method's mask (ALPS's CG on the support or fixed-mask ADMM); "
                         "same as --<method>-update")
-    p.add_argument("--permute", action="store_true",
+    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=None,
                    help="N:M only (wanda, magnitude, sparsegpt, admm, alps, dsnot): choose the groups along an input-channel "
                         "permutation (RIA's reallocation + linear sum assignment); the 2:4 layers of --save-format "
                         "sparsekit gather x by it in the kernel (down_proj's is absorbed into gate/up)")
@@ -213,7 +213,7 @@ def cmd_prune(args) -> dict:
         batch_size=args.batch_size, device=device, blocks=args.blocks, backend=args.backend, offload=args.offload,
         max_gpu_memory=args.max_gpu_memory, checkpoint_dir=args.checkpoint_dir, allocation=args.allocation,
         allocation_options={k: v for name in ALLOCATIONS for k, v in method_options(args, name).items()},
-        permute=args.permute, **({"targets": args.targets} if args.targets else {}),
+        permute=bool(args.permute), **({"targets": args.targets} if args.targets else {}),
         **({"ignore": args.ignore} if args.ignore else {}))
     config.check_save_format(args.save_format)
     check_prune_args(args, config)  # device, text sources, layer selection, N:M widths, seqlen: before the load

@@ -69,14 +69,15 @@ def preset_config(name: str, *, sparsity=0.5, pattern: str = "unstructured", **o
     method = overrides.pop("method", recipe.method)
     options = dict(recipe.method_options) if method == recipe.method else {}
     options.update(overrides.pop("method_options", {}) or {})
-    settings = {"allocation": recipe.allocation, "permute": recipe.permute, **overrides}
+    own = {"allocation": recipe.allocation, "permute": recipe.permute} if method == recipe.method else {}
+    settings = {**own, **overrides}
     return PruneConfig(method=method, sparsity=sparsity, pattern=pattern, method_options=options, **settings)
 
 
 def apply_to_cli_args(args) -> None:
     """Fill what `sparsekit prune --preset NAME` leaves unset (None) from the preset's recipe: --method,
-    --update, --allocation, the method's own --<method>-<option> flags; --permute is switched on when the
-    recipe permutes. Explicit flags stay as given."""
+    --update, --allocation, --permute, the method's own --<method>-<option> flags. Explicit flags (--no-permute
+    too) stay as given."""
     sparsity = args.sparsity if isinstance(args.sparsity, (int, float)) else None
     recipe = resolve_preset(args.preset, args.pattern, 0.5 if sparsity is None else sparsity)
     if args.method is None:
@@ -93,4 +94,5 @@ def apply_to_cli_args(args) -> None:
             setattr(args, dest, value)
     if args.allocation is None:
         args.allocation = recipe.allocation
-    args.permute = args.permute or recipe.permute
+    if args.permute is None:
+        args.permute = recipe.permute

@@ -225,6 +225,8 @@ def _prune(model: nn.Module, calibration: torch.Tensor, config: PruneConfig) -> 
             view.apply_mask(result.keep)
             if result.perm is not None:  # read by sparsekit.sparsify; not in the state dict (dense export unchanged)
                 setattr(view.module, INPUT_PERMUTATION_ATTR, result.perm.cpu())
+            elif hasattr(view.module, INPUT_PERMUTATION_ATTR):  # from an earlier pruning run: no longer this mask's order
+                delattr(view.module, INPUT_PERMUTATION_ATTR)
             reached = 1.0 - result.keep.sum().item() / result.keep.numel()  # exact count (a float32 mean is not)
             report.layers.append(LayerReport(view.name, tuple(view.weight.shape), targets[view.name].sparsity, reached,
                                              result.seconds, row_sparsity_spread(result.keep)))

@@ -107,3 +107,11 @@ def test_cli_prune_with_a_preset(tmp_path):
     assert rc == 0
     recorded = json.loads(summary.read_text())
     assert recorded["method"] == "admm" and recorded["sparsity_reached"] == pytest.approx(0.5)
+
+
+def test_explicit_no_permute_and_another_method_drop_the_recipes_permutation():
+    assert _cli("--preset", "quality", "--pattern", "2:4").permute is True
+    assert _cli("--preset", "quality", "--pattern", "2:4", "--no-permute").permute is False
+    config = preset_config("quality", sparsity=None, pattern="2:4", method="wanda")
+    assert (config.method, config.permute, config.allocation) == ("wanda", False, None)
+    assert preset_config("quality", sparsity=None, pattern="2:4").permute

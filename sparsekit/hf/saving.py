@@ -84,8 +84,8 @@ def _refuse_sparsified(model) -> None:
     from sparsekit.nn import SparseLinear24
 
     if any(isinstance(m, SparseLinear24) for m in model.modules()):
-        raise ValueError("the model holds SparseLinear24 layers: save it with sparsekit.save_pretrained(model, dir, tokenizer) "
-                         "(compressed) or format='dense' (plain HF checkpoint)")
+        raise ValueError("the model holds SparseLinear24 layers: save it with sparsekit.save(model, dir, tokenizer, "
+                         "format='sparsekit') (compressed) or format='dense' (plain HF checkpoint)")
 
 
 def _block_files(run):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from sparsekit import backend as _backend
-from sparsekit.cuda_backend.sparse24_dispatch import MAX_M_BUCKET, m_bucket
+from sparsekit.m_buckets import MAX_M_BUCKET, m_bucket
 from sparsekit.nn.conv1d import is_conv1d as _is_conv1d, weight_out_in as dense_weight
 from sparsekit.ops import sparse24_launch as _launch
 from sparsekit.ops.permutation import check_permutation

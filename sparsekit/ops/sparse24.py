@@ -111,8 +111,9 @@ def sparse24_matmul(
     weight being stored in permuted column order. The Triton and CUDA kernels gather x by it in their
     loads (no permuted copy of x); the torch reference index_selects.
     Every argument is validated here (metadata only, no host sync; perm's content too when it is on the
-    CPU). Under torch.compile the call goes through the opaque custom op `sparsekit::sparse24_matmul` (see
-    `sparsekit.ops.sparse24_launch`); in eager mode it dispatches directly. `SparseLinear24` uses a cheaper
+    CPU; on a GPU its range by an asynchronous device assert). Under torch.compile the call goes through
+    the opaque custom op `sparsekit::sparse24_matmul` (see `sparsekit.ops.sparse24_launch`); in eager mode
+    it dispatches directly. `SparseLinear24` uses a cheaper
     path (launch plans).
     """
     n, k = check_matmul_operands(x, values, meta, bias)
@@ -121,6 +122,8 @@ def sparse24_matmul(
         from sparsekit.ops.permutation import check_permutation
 
         check_permutation(perm, k)
+    elif perm is not None:  # the kernels read x[perm[j]]: an index out of [0, K) must fail, not read out of bounds
+        torch._assert_async(((perm >= 0) & (perm < k)).all(), "perm holds an index outside [0, K)")
     x2d = x.reshape(-1, k)
     if x2d.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], n)

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from sparsekit import backend as _backend
-from sparsekit.cuda_backend.sparse24_dispatch import m_bucket
+from sparsekit.m_buckets import m_bucket
 from sparsekit.ops.sparse24_checks import check_matmul_operands
 
 OP = "sparse24_matmul"

@@ -38,7 +38,7 @@ def hessian_damping(pruner) -> float:
     """The fraction of mean(diag H) the method adds to H's diagonal (SparseGPT's percdamp, ALPS's damp)."""
     for name in ("percdamp", "damp"):
         value = getattr(pruner, name, None)
-        if isinstance(value, (int, float)) and value > 0:
+        if isinstance(value, (int, float)) and value >= 0:
             return float(value)
     return 0.01
 

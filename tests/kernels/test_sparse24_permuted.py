@@ -176,3 +176,13 @@ def test_gpu_providers_gather_by_perm(provider, m, shape, dtype):
         out = ops.sparse24_matmul(x, values, meta, bias, perm=perm, backend=provider)
         torch.cuda.synchronize()
         assert_matches(out, x[:, perm], w, bias)
+
+
+@needs_cuda
+def test_gpu_perm_out_of_range_fails_instead_of_reading_out_of_bounds():
+    values, meta = ops.compress_24(random_24(32, 64, torch.float16).cuda())
+    perm = torch.arange(64, device="cuda")
+    perm[5] = 64
+    with pytest.raises(RuntimeError):
+        ops.sparse24_matmul(torch.randn(2, 64, dtype=torch.float16, device="cuda"), values, meta, perm=perm)
+        torch.cuda.synchronize()

@@ -100,3 +100,23 @@ def test_besa_still_refuses_permute():
     with pytest.raises(ValueError, match="permute does not apply"):
         sparsekit.prune(tiny_llama(), calib, sparsekit.PruneConfig(method="besa", pattern="2:4", sparsity=None,
                                                                    permute=True))
+
+
+def test_pruning_again_without_permute_drops_the_earlier_permutation():
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    model = tiny_llama(hidden=128, intermediate=256)
+    sparsekit.prune(model, calib, sparsekit.PruneConfig(method="wanda", pattern="2:4", sparsity=None, permute=True))
+    sparsekit.prune(model, calib, sparsekit.PruneConfig(method="wanda", pattern="2:4", sparsity=None))
+    assert not any(hasattr(m, INPUT_PERMUTATION_ATTR) for m in model.modules())
+    ids = torch.tensor([[5, 17, 99, 3, 42, 200, 7, 64]])
+    sparsified = copy.deepcopy(model)
+    sparsekit.sparsify(sparsified)
+    with torch.no_grad():
+        torch.testing.assert_close(sparsified(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_damping_of_zero_is_kept_for_the_permutation_score():
+    from sparsekit.pruners.permuted import hessian_damping
+
+    assert hessian_damping(make_pruner("alps", damp=0.0)) == 0.0
+    assert hessian_damping(make_pruner("sparsegpt")) == 0.01
