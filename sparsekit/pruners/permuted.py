@@ -79,16 +79,22 @@ class PermutedLayerView(LayerView):
 
 
 class _PermutedActivations:
-    """ActivationStats' per-input statistics in `perm` order."""
+    """ActivationStats' per-input statistics in `perm` order (read only: the methods read these and nothing else)."""
+
+    PER_INPUT = ("sq_norm", "mean", "var")
+    PLAIN = ("in_features", "nsamples", "backend")
 
     def __init__(self, stats, perm: torch.Tensor):
         self._stats, self._perm = stats, perm
 
     def __getattr__(self, name):
-        value = getattr(self._stats, name)
-        if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == self._perm.numel():
+        if name in self.PER_INPUT:
+            value = getattr(self._stats, name)
             return value[self._perm.to(value.device)]
-        return value
+        if name in self.PLAIN:
+            return getattr(self._stats, name)
+        raise AttributeError(f"a permuted layer's activation statistics offer {self.PER_INPUT + self.PLAIN}, not {name!r}; "
+                             "add it to _PermutedActivations (permuted if it has one value per input feature)")
 
 
 class _PermutedHessian:
