@@ -264,3 +264,10 @@ def test_python_m_benchmarks_is_the_entry_point(quick_results):
         build_parser().parse_args(["bench", "tables"])
     probe = "import sys, sparsekit, sparsekit.cli; sys.exit('benchmarks' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], cwd=repo, timeout=300).returncode == 0
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+def test_committed_tables_match_the_committed_results(document):
+    """Every measured table in the docs is what the results files regenerate (rerun `tables` after a merge)."""
+    path = Path(__file__).resolve().parents[2] / document
+    assert cli.main(["tables", "--readme", str(path), "--check"]) == 0
