@@ -78,3 +78,15 @@ def save_tiny_checkpoint(path, builder=None):
     model.save_pretrained(path, safe_serialization=True)
     byte_tokenizer().save_pretrained(path)
     return model
+
+
+def assert_same_greedy_generation(model, twin, tok, max_new_tokens: int, pad_token_id):
+    """`model` (e.g. sparsified) and its `twin` (the dense-with-zeros model) generate the same greedy tokens;
+    returns (the tokenized prompt, the generated ids)."""
+    prompt = tok("The capital of France is", return_tensors="pt")
+    greedy = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
+    with torch.no_grad():
+        expected = twin.generate(**prompt, **greedy)
+        got = model.generate(**prompt, **greedy)
+    assert torch.equal(got, expected), (tok.decode(got[0]), tok.decode(expected[0]))
+    return prompt, got

@@ -9,6 +9,7 @@ import torch
 import sparsekit
 from sparsekit.eval.bos import tokenizer_adds_bos
 from sparsekit.nn import SparseLinear24
+from tests.helpers import assert_same_greedy_generation
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +47,7 @@ def test_gemma3_270m_prunes_sparsifies_and_round_trips(tmp_path, capsys):
     # hidden 640 = 10x64, q 1024, kv 256, intermediate 2048: every projection of the 18 blocks fits the 2:4 layout
     assert len(report.swapped) == 18 * 7 and not report.skipped
 
-    prompt = tok("The capital of France is", return_tensors="pt")
-    greedy = dict(max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id)
-    with torch.no_grad():
-        expected = twin.generate(**prompt, **greedy)
-        got = model.generate(**prompt, **greedy)
-    assert torch.equal(got, expected), (tok.decode(got[0]), tok.decode(expected[0]))
+    prompt, _ = assert_same_greedy_generation(model, twin, tok, 20, tok.pad_token_id)
     del twin
 
     sparsekit.save_pretrained(model, tmp_path / "ck", tok)

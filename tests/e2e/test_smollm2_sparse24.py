@@ -11,6 +11,7 @@ import sparsekit
 from sparsekit.hf.sizes import checkpoint_bytes, size_summary
 from sparsekit.nn import SparseLinear24
 from tests.e2e.smollm2_helpers import DTYPE, load, ppl
+from tests.helpers import assert_same_greedy_generation
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +37,7 @@ def test_smollm2_24_sparsified_matches_dense_twin_and_round_trips(tmp_path, caps
     assert len(report.swapped) == 30 * 7 and not report.skipped
     assert report.ratio == RATIO
 
-    prompt = tok("The capital of France is", return_tensors="pt")
-    greedy = dict(max_new_tokens=30, do_sample=False, pad_token_id=tok.eos_token_id)
-    with torch.no_grad():
-        expected = twin.generate(**prompt, **greedy)
-        got = model.generate(**prompt, **greedy)
-    assert torch.equal(got, expected), (tok.decode(got[0]), tok.decode(expected[0]))
+    prompt, got = assert_same_greedy_generation(model, twin, tok, 30, tok.eos_token_id)
     del twin
 
     sparsekit.save_pretrained(model, tmp_path / "ck", tok)
