@@ -95,5 +95,5 @@ def test_save_pruned_refuses_sparsified_models(tmp_path):
     with torch.no_grad():
         model[0].weight.view(32, 16, 4)[..., :2] = 0
     model[0] = SparseLinear24.from_linear(model[0])
-    with pytest.raises(ValueError, match="save_pretrained"):
+    with pytest.raises(ValueError, match=r"sparsekit\.save\(model, dir, tokenizer, format=.sparsekit.\)"):
         sparsekit.save_pruned(model, None, tmp_path / "x")
